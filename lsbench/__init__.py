@@ -1,0 +1,8 @@
+"""lsbench: benchmark attention mechanisms for long sequences."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lsbench")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+src"

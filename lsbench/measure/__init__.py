@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, environment fingerprint, FLOP counts and machine peak."""

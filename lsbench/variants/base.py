@@ -1,0 +1,75 @@
+"""The contract every attention variant implements.
+
+Shape legend: B batch, N sequence length, D d_model, H heads, Dh = D // H head dim.
+
+A variant is the whole attention sublayer: input projections, token mixing and output
+projection, mapping x (B, N, D) -> y (B, N, D) for any N >= 1. `mask` (B, N) marks real tokens
+(True) so that padded positions never influence real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lsbench.errors import LsbenchError
+
+REGISTRY: dict[str, type[Variant]] = {}
+
+
+class Variant(nn.Module):
+    """Base class; subclasses with a `name` register themselves in `REGISTRY`."""
+
+    name: ClassVar[str] = ""
+    method: ClassVar[str] = ""  # one line: what it computes
+    paper: ClassVar[str] = ""  # citation + link
+    time_complexity: ClassVar[str] = ""  # e.g. "O(N²·D)"
+    memory_complexity: ClassVar[str] = ""  # e.g. "O(H·N²)"
+    supports_causal: ClassVar[bool] = True
+    accepts_bias: ClassVar[bool] = False  # forward(..., bias=(H, N, N)) additive score bias
+    defaults: ClassVar[dict[str, Any]] = {}  # variant parameters and their paper defaults
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
+        super().__init__()
+        self.d_model, self.n_heads, self.causal = d_model, n_heads, causal
+        self.head_dim = d_model // n_heads
+        self.params = {**self.defaults, **params}
+
+    @classmethod
+    def check_params(cls, d_model: int, n_heads: int, params: dict[str, Any]) -> None:
+        """Raise LsbenchError naming a parameter whose value is invalid. Override to add checks."""
+        for key, value in params.items():
+            default = cls.defaults[key]
+            if isinstance(default, bool) or default is None:
+                continue
+            if isinstance(default, int) and (not isinstance(value, int) or value < 0):
+                raise LsbenchError(
+                    f"variant {cls.name!r}: parameter {key!r} must be a non-negative integer, "
+                    f"got {value!r} (default {default})."
+                )
+
+    @classmethod
+    def mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
+                  params: dict[str, Any]) -> float:
+        """Predicted number of activation elements one forward keeps alive (dominant term).
+
+        `params` are merged with `defaults`. Used only to decide what to skip before running; reported as a prediction, never as a
+        measurement. The default is linear in N; quadratic or windowed variants override it.
+        """
+        return 8.0 * batch_size * seq_len * d_model
+
+    @classmethod
+    def flops(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
+              params: dict[str, Any]) -> float:
+        """Analytic FLOPs of one forward of this sublayer (multiply-add = 2 FLOPs)."""
+        return 2.0 * batch_size * seq_len * 4 * d_model * d_model  # q, k, v, out projections
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,79 @@
+"""Full softmax attention with the N×N score matrix materialised (the Fastformer paper's baseline).
+
+Vaswani et al. 2017, "Attention Is All You Need", https://arxiv.org/abs/1706.03762.
+Shape legend: B batch, N length, D d_model, H heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsbench.variants.base import Variant
+
+
+def split_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    B, N, D = t.shape
+    return t.view(B, N, n_heads, D // n_heads).transpose(1, 2)  # (B, H, N, Dh)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    B, H, N, Dh = t.shape
+    return t.transpose(1, 2).reshape(B, N, H * Dh)  # (B, N, D)
+
+
+def score_mask(mask: torch.Tensor | None, n: int, causal: bool, device) -> torch.Tensor | None:
+    """Boolean (B or 1, 1, N, N) mask of allowed (query, key) pairs, or None when all are."""
+    allowed = None
+    if mask is not None:
+        allowed = mask[:, None, None, :]  # (B, 1, 1, N) keys that are real tokens
+    if causal:
+        tril = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        allowed = tril if allowed is None else allowed & tril
+    return allowed
+
+
+class QKVAttention(Variant):
+    """Shared projections: qkv = Linear(D, 3D), out = Linear(D, D)."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params):
+        super().__init__(d_model, n_heads, causal, **params)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def project(self, x: torch.Tensor):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return tuple(split_heads(t, self.n_heads) for t in (q, k, v))  # 3 × (B, H, N, Dh)
+
+
+class Transformer(QKVAttention):
+    name = "transformer"
+    method = "full softmax attention, N×N scores materialised"
+    paper = "Vaswani et al. 2017, https://arxiv.org/abs/1706.03762"
+    time_complexity = "O(N²·D)"
+    memory_complexity = "O(H·N²)"
+    accepts_bias = True
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+        # scores + softmax probabilities (+ their grads in training) dominate
+        return 3.0 * batch_size * n_heads * seq_len * seq_len + 8.0 * batch_size * seq_len * d_model
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
+        return proj + 4.0 * batch_size * seq_len * seq_len * d_model  # QKᵀ and PV
+
+    def forward(self, x, mask=None, bias=None):
+        q, k, v = self.project(x)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, N, N)
+        if bias is not None:
+            scores = scores + bias
+        allowed = score_mask(mask, x.shape[1], self.causal, x.device)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        y = F.softmax(scores, dim=-1) @ v  # (B, H, N, Dh)
+        return self.out(merge_heads(y))
