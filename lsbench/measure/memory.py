@@ -1,0 +1,96 @@
+"""Peak memory of one step, measured (never estimated).
+
+- CUDA: `torch.cuda.reset_peak_memory_stats` / `max_memory_allocated`, minus the memory already
+  allocated when the step starts (parameters, inputs), so the number is what the step adds.
+- CPU: a dispatch-mode tracker that sees every tensor storage the step allocates and when it is
+  freed (the same idea as torch's `MemTracker`), giving the peak of live tensor bytes the step
+  added; plus the process's peak resident set size, which also counts the allocator's slack and
+  the interpreter (meaningful in a fresh worker process per config).
+
+    with track_peak(device) as mem:
+        loss = model(x).sum(); loss.backward()
+    mem.peak_mib, mem.peak_rss_mib
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MIB = 2**20
+
+
+@dataclass
+class PeakMemory:
+    peak_mib: float | None = None  # peak tensor memory the step added
+    peak_rss_mib: float | None = None  # process peak RSS (CPU only)
+    method: str = ""
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Counts bytes of tensor storages created while active, and their peak while alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._refs.pop(key, None)
+        self.live -= nbytes
+
+    def _track(self, t: torch.Tensor) -> None:
+        if t.device.type != "cpu" or t.is_sparse:
+            return
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self._refs:  # a view of a storage already counted
+            return
+        nbytes = st.nbytes()
+        self._refs[key] = weakref.ref(st, lambda _r, k=key, n=nbytes: self._freed(k, n))
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / MIB if sys.platform == "darwin" else rss / 1024
+
+
+@contextmanager
+def track_peak(device: torch.device | str) -> Iterator[PeakMemory]:
+    """Measure the peak memory the enclosed step adds on `device`."""
+    device = torch.device(device)
+    result = PeakMemory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result.peak_mib = (torch.cuda.max_memory_allocated(device) - base) / MIB
+        result.method = "torch.cuda.max_memory_allocated - baseline"
+        return
+    tracker = LiveTensorBytes()
+    with tracker:
+        yield result
+    result.peak_mib = tracker.peak / MIB
+    result.peak_rss_mib = peak_rss_mib()
+    result.method = "dispatch-mode tracker of live tensor storages; ru_maxrss"
