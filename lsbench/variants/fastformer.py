@@ -1,0 +1,90 @@
+"""Fastformer: additive attention, computed exactly as the official `FastSelfAttention`.
+
+Wu et al. 2021, "Fastformer: Additive Attention Can Be All You Need",
+https://arxiv.org/abs/2108.09084; official code: https://github.com/wuch15/Fastformer
+(`Fastformer.ipynb`, class `FastSelfAttention`). Parameters carry the official names (`query`,
+`key`, `query_att`, `key_att`, `transform`) so an official state dict loads by name.
+
+1. Q = query(x), K = key(x)                                         (B, N, D)
+2. α = softmax over positions of query_att(Q) / √Dh (+ mask)        (B, H, N)
+3. global query q_h = Σ_i α_{h,i} Q_{i,h}                           (B, H, 1, Dh)
+4. P = K ⊙ q                                                        (B, N, D)
+5. β = softmax over positions of key_att(P) / √Dh (+ mask); k_h = Σ_i β_{h,i} P_{i,h}
+6. U = k ⊙ Q (the value is Q: query-value sharing)                  (B, H, N, Dh)
+7. y = transform(U) + Q                                             (B, N, D)
+
+Note that `query_att` / `key_att` are Linear(D, H) over the whole D-vector, so every head's score
+sees all heads' features, as in the official code. The mask is the official additive
+(1 − mask)·(−10000).
+
+- Simplified: the official layer follows this with BERT's `BertSelfOutput` (dense + dropout +
+  LayerNorm with residual); here, as for every variant, the encoder block adds norm and residual.
+  Initialisation is PyTorch's default, not the official normal(0, 0.02), so all variants start
+  alike. No causal form (the official code has none).
+
+Shape legend: B batch, N length, D d_model, H heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lsbench.variants.base import Variant
+from lsbench.variants.transformer import merge_heads, split_heads
+
+MASK_VALUE = -10000.0  # official additive mask
+
+
+class Fastformer(Variant):
+    name = "fastformer"
+    method = "additive attention: global query, then global key, each a softmax-weighted sum"
+    paper = "Wu et al. 2021, https://arxiv.org/abs/2108.09084"
+    time_complexity = "O(N·D²) (token mixing O(N·D))"
+    memory_complexity = "O(N·D)"
+    supports_causal = False
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params):
+        super().__init__(d_model, n_heads, causal, **params)
+        self.query = nn.Linear(d_model, d_model)
+        self.query_att = nn.Linear(d_model, n_heads)
+        self.key = nn.Linear(d_model, d_model)
+        self.key_att = nn.Linear(d_model, n_heads)
+        self.transform = nn.Linear(d_model, d_model)
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+        return 6.0 * batch_size * seq_len * d_model  # Q, K, P, U, transform(U), y
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+        linears = 2.0 * batch_size * seq_len * (3 * d_model * d_model + 2 * d_model * n_heads)
+        pooling = 2 * 2.0 * batch_size * seq_len * d_model  # Σ α Q and Σ β P
+        return linears + pooling + 2.0 * batch_size * seq_len * d_model  # K ⊙ q and k ⊙ Q
+
+    def pool(self, scores: torch.Tensor, values: torch.Tensor,
+             mask_bias: torch.Tensor | None) -> torch.Tensor:
+        """Softmax over positions, then the weighted sum of `values` per head.
+
+        scores (B, N, H), values (B, N, D) -> (B, H, 1, Dh).
+        """
+        scores = scores.transpose(1, 2) / math.sqrt(self.head_dim)  # (B, H, N)
+        if mask_bias is not None:
+            scores = scores + mask_bias
+        weights = torch.softmax(scores, dim=-1).unsqueeze(2)  # (B, H, 1, N)
+        return weights @ split_heads(values, self.n_heads)  # (B, H, 1, Dh)
+
+    def forward(self, x, mask=None):
+        B, N, D = x.shape
+        mask_bias = None
+        if mask is not None:
+            mask_bias = (1.0 - mask[:, None, :].to(x.dtype)) * MASK_VALUE  # (B, 1, N)
+        q = self.query(x)  # (B, N, D)
+        k = self.key(x)  # (B, N, D)
+        global_q = self.pool(self.query_att(q), q, mask_bias)  # (B, H, 1, Dh)
+        p = k * global_q.transpose(1, 2).reshape(B, 1, D)  # (B, N, D)
+        global_k = self.pool(self.key_att(p), p, mask_bias)  # (B, H, 1, Dh)
+        u = merge_heads(global_k * split_heads(q, self.n_heads))  # (B, N, D)
+        return self.transform(u) + q
