@@ -1,0 +1,277 @@
+"""Fig-2-style plots (matplotlib, Agg): saved as PNG + SVG and returned as inline SVG.
+
+Every variant and position method keeps one colour and marker in every plot of every report:
+a fixed table for the known names, a hash of the name for the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from markupsafe import escape  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from lsbench.errors import LsbenchError  # noqa: E402
+from lsbench.report.tables import (  # noqa: E402
+    KNOWN_POSITIONS,
+    STOP_STATUSES,
+    groups,
+    ordered,
+)
+
+_TAB10 = plt.get_cmap("tab10").colors
+FIXED_STYLES: dict[str, tuple[str, str]] = {
+    # variants (Fastformer Fig. 2 set)
+    "transformer": (matplotlib.colors.to_hex(_TAB10[0]), "o"),
+    "sdpa": (matplotlib.colors.to_hex(_TAB10[7]), "D"),
+    "longformer": (matplotlib.colors.to_hex(_TAB10[1]), "s"),
+    "bigbird": (matplotlib.colors.to_hex(_TAB10[2]), "^"),
+    "linformer": (matplotlib.colors.to_hex(_TAB10[4]), "v"),
+    "linear": (matplotlib.colors.to_hex(_TAB10[5]), "P"),
+    "poolingformer": (matplotlib.colors.to_hex(_TAB10[6]), "h"),
+    "fastformer": (matplotlib.colors.to_hex(_TAB10[3]), "*"),
+    # position methods (ALiBi Fig. 1 set)
+    "sinusoidal": (matplotlib.colors.to_hex(_TAB10[0]), "o"),
+    "rotary": (matplotlib.colors.to_hex(_TAB10[1]), "s"),
+    "t5": (matplotlib.colors.to_hex(_TAB10[2]), "^"),
+    "t5_bias": (matplotlib.colors.to_hex(_TAB10[2]), "^"),
+    "alibi": (matplotlib.colors.to_hex(_TAB10[3]), "*"),
+    "learned": (matplotlib.colors.to_hex(_TAB10[4]), "v"),
+    "xpos": (matplotlib.colors.to_hex(_TAB10[5]), "P"),
+    "kerple": (matplotlib.colors.to_hex(_TAB10[6]), "h"),
+    "fire": (matplotlib.colors.to_hex(_TAB10[8]), "X"),
+    "none": (matplotlib.colors.to_hex(_TAB10[7]), "D"),
+}
+# Names outside the table: darker/lighter shades that the fixed table does not use.
+_EXTRA_COLORS = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
+_EXTRA_MARKERS = ["o", "s", "^", "v", "D", "P", "h", "*", "<", ">", "p", "d"]
+FAIL_MARKERS = {"oom": "X", "skipped": "x", "timeout": "v", "error": "$!$"}
+
+
+def style(name: str) -> tuple[str, str]:
+    """(colour, marker) for a variant or position method, the same in every plot."""
+    if name in FIXED_STYLES:
+        return FIXED_STYLES[name]
+    h = int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16)
+    return _EXTRA_COLORS[h % len(_EXTRA_COLORS)], _EXTRA_MARKERS[(h // 97) % len(_EXTRA_MARKERS)]
+
+
+def label(text: str) -> str:
+    """Text from a results file, shown literally (no mathtext, not hidden by a leading _)."""
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+@dataclass
+class Plot:
+    name: str  # file stem under RUN_DIR/plots/
+    title: str
+    caption: str
+    svg: str  # inline-ready <svg> element
+    png_path: Path
+    svg_path: Path
+
+
+# --- latency-type plots (Fig. 2) -----------------------------------------------------------
+
+METRICS = {
+    # column: (title, y label, draw the IQR band)
+    "latency_ms": ("Latency vs sequence length", "latency per step (ms)", True),
+    "peak_mem_mib": ("Peak memory vs sequence length", "peak memory (MiB)", False),
+    "tokens_per_s": ("Throughput vs sequence length", "tokens / s", False),
+    "pct_of_peak": ("Share of the machine's matmul peak", "% of measured peak FLOP/s", False),
+}
+
+
+def metric_figure(rows: pd.DataFrame, metric: str, title: str) -> plt.Figure | None:
+    """One panel per batch size (rows) x mode (columns); None when nothing to draw."""
+    if rows.empty or rows[metric].notna().sum() == 0 and metric != "latency_ms":
+        return None
+    panels = list(groups(rows))
+    modes = sorted({m for m, _, _ in panels}, key=lambda m: (m != "inference", m))
+    batches = sorted({b for _, b, _ in panels})
+    fig, axes = plt.subplots(len(batches), len(modes), squeeze=False, sharex=True,
+                             figsize=(4.6 * len(modes) + 1.9, 3.3 * len(batches) + 0.7))
+    _, ylabel, band = METRICS[metric]
+    seen_variants: list[str] = []
+    seen_fails: set[str] = set()
+    for mode, batch, sub in panels:
+        ax = axes[batches.index(batch)][modes.index(mode)]
+        for variant in ordered(sub["variant"].unique()):
+            v = sub[sub["variant"] == variant].sort_values("seq_len")
+            drawn, fails = _draw_variant(ax, v, variant, metric, band)
+            if drawn or fails:
+                seen_variants.append(variant)
+            seen_fails |= fails
+        ax.set_title(f"{mode} · batch {batch}", fontsize=10)
+    for (r, c), ax in np.ndenumerate(axes):
+        _format_axes(ax, ylabel if c == 0 else None, "sequence length N" if r == len(batches) - 1
+                     else None, log_y=metric != "pct_of_peak")
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no measurements", ha="center", va="center",
+                    transform=ax.transAxes, color="0.5")
+    handles = [_variant_handle(v) for v in ordered(set(seen_variants))]
+    handles += [Line2D([], [], color="0.3", marker=FAIL_MARKERS[s], linestyle="none",
+                       markersize=8, label=_FAIL_LABELS[s]) for s in FAIL_MARKERS
+                if s in seen_fails]
+    if band and handles:
+        handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.25, label="IQR"))
+    fig.suptitle(label(title), fontsize=11)
+    if handles:
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.97))
+    return fig
+
+
+_FAIL_LABELS = {"oom": "out of memory", "skipped": "skipped (would not fit)",
+                "timeout": "timed out", "error": "error"}
+
+
+def _draw_variant(ax, v: pd.DataFrame, variant: str, metric: str,
+                  band: bool) -> tuple[bool, set[str]]:
+    """Draw one variant's line, ending at its first OOM/skip/timeout; returns what was drawn."""
+    color, marker = style(variant)
+    stops = v[v["status"].isin(STOP_STATUSES)]
+    stop_n = stops["seq_len"].min() if not stops.empty else np.inf
+    ok = v[(v["status"] == "ok") & (v["seq_len"] < stop_n) & v[metric].notna()]
+    ok = ok[ok[metric] > 0] if metric != "pct_of_peak" else ok
+    if not ok.empty:
+        ax.plot(ok["seq_len"], ok[metric], color=color, marker=marker, markersize=5,
+                linewidth=1.6, label=label(variant))
+        if band:
+            half = ok["latency_ms_iqr"].fillna(0) / 2
+            lo = (ok[metric] - half).clip(lower=ok[metric] * 0.05)
+            ax.fill_between(ok["seq_len"], lo, ok[metric] + half, color=color, alpha=0.2,
+                            linewidth=0)
+    fails: set[str] = set()
+    marks = []
+    if not stops.empty:
+        first = stops.sort_values("seq_len").iloc[0]
+        marks.append((first["seq_len"], first["status"]))
+    errors = v[(v["status"] == "error") & (v["seq_len"] < stop_n)]
+    marks += [(n, "error") for n in errors["seq_len"]]
+    for n, status in marks:
+        before = ok[ok["seq_len"] < n]
+        if not before.empty and status != "error":
+            ax.plot([n], [before[metric].iloc[-1]], marker=FAIL_MARKERS[status], color=color,
+                    markersize=9, linestyle="none")
+        else:  # no height to draw it at: mark it on the bottom edge
+            trans = blended_transform_factory(ax.transData, ax.transAxes)
+            ax.plot([n], [0.04], marker=FAIL_MARKERS[status], color=color, markersize=9,
+                    linestyle="none", transform=trans, clip_on=False)
+        fails.add(status)
+    return not ok.empty, fails
+
+
+def _variant_handle(name: str) -> Line2D:
+    color, marker = style(name)
+    return Line2D([], [], color=color, marker=marker, markersize=5, label=label(name))
+
+
+def _format_axes(ax, ylabel: str | None, xlabel: str | None, log_y: bool = True) -> None:
+    ax.set_xscale("log", base=2)
+    if log_y and ax.has_data():
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_len_tick))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+def _len_tick(x: float, _pos) -> str:
+    if x >= 1024 and x % 1024 == 0:
+        return f"{int(x) // 1024}K"
+    return f"{int(x)}" if x >= 1 else f"{x:g}"
+
+
+# --- extrapolation plot (ALiBi Fig. 1) -----------------------------------------------------
+
+def extrapolation_figure(ex: pd.DataFrame) -> plt.Figure | None:
+    """Perplexity vs evaluation length, one line per position method; panels per eval mode
+    (columns) and training length (rows); a vertical line at the training length."""
+    ex = ex.dropna(subset=["eval_len", "ppl"])
+    if ex.empty:
+        return None
+    modes = sorted(ex["eval_mode"].unique(), key=lambda m: (m != "nonoverlapping", m))
+    train_lens = sorted(int(t) for t in ex["train_len"].dropna().unique()) or [None]
+    fig, axes = plt.subplots(len(train_lens), len(modes), squeeze=False,
+                             figsize=(4.6 * len(modes) + 1.9, 3.3 * len(train_lens) + 0.7))
+    names = ordered(ex["position"].astype(str).unique(), KNOWN_POSITIONS)
+    for (r, c), ax in np.ndenumerate(axes):
+        mode, train_len = modes[c], train_lens[r]
+        sub = ex[ex["eval_mode"] == mode]
+        if train_len is not None:
+            sub = sub[sub["train_len"] == train_len]
+        for name in names:
+            p = sub[sub["position"].astype(str) == name].sort_values("eval_len")
+            if p.empty:
+                continue
+            color, marker = style(name)
+            ax.plot(p["eval_len"], p["ppl"], color=color, marker=marker, markersize=5,
+                    linewidth=1.6)
+        if train_len is not None:
+            ax.axvline(train_len, color="0.3", linestyle="--", linewidth=1)
+            ax.text(train_len, 0.98, f" L={train_len:,}", transform=blended_transform_factory(
+                ax.transData, ax.transAxes), va="top", fontsize=8, color="0.3")
+        title = mode + (f" · trained at {train_len:,}" if train_len is not None else "")
+        ax.set_title(label(title), fontsize=10)
+        _format_axes(ax, "perplexity" if c == 0 else None,
+                     "evaluation length" if r == len(train_lens) - 1 else None)
+    fig.suptitle("Perplexity vs evaluation length (train short, test long)", fontsize=11)
+    fig.legend(handles=[_variant_handle(n) for n in names], loc="center right", fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.97))
+    return fig
+
+
+# --- output -------------------------------------------------------------------------------
+
+def render(fig: plt.Figure, name: str, title: str, caption: str, out_dir: Path) -> Plot:
+    """Save `fig` as PNG and SVG under out_dir and return it with an inline SVG."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # A salt per plot keeps matplotlib's clip-path/marker ids unique across one HTML page.
+        with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"lsbench-{name}"}):
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg", metadata=_NO_METADATA)
+        svg = buf.getvalue()
+        svg_path, png_path = out_dir / f"{name}.svg", out_dir / f"{name}.png"
+        svg_path.write_text(svg, encoding="utf-8")
+        fig.savefig(png_path, format="png", dpi=110, metadata={"Software": None})
+    except OSError as e:
+        raise LsbenchError(f"cannot write plots to {out_dir} ({e.strerror}); make the run "
+                           "directory writable or copy it somewhere that is.") from None
+    finally:
+        plt.close(fig)
+    return Plot(name, title, caption, inline_svg(svg, title), png_path, svg_path)
+
+
+_NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
+
+
+def inline_svg(svg: str, title: str = "") -> str:
+    """An <svg> element fit for an HTML page: no XML prolog, DOCTYPE, namespaces (HTML does
+    not need them, and the page then holds no http:// string at all) or unreferenced ids."""
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
+    svg = re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg, count=2)
+    refs = set(re.findall(r'(?:href="#|url\(#)([^")]+)', svg))
+    svg = re.sub(r' id="([^"]+)"', lambda m: m.group(0) if m.group(1) in refs else "", svg)
+    # role/aria-label: screen readers announce the plot by its title.
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{escape(title)}" ', 1)

@@ -1,0 +1,372 @@
+"""What a report shows, independent of the output format: one Section per run, made of plots,
+tables (rows of display cells) and the trust details. html.py and markdown.py render it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lsbench.report import plots, tables
+from lsbench.report.load import NOISE_LIMIT, Run
+from lsbench.report.tables import STATUS_MARK, fmt_num
+
+
+@dataclass
+class Cell:
+    text: str
+    cls: str = ""  # CSS class: ok, noisy, st-oom, st-skipped, ...
+    sort: Any = None  # sort key for the sortable-table script (numbers sort as numbers)
+
+
+@dataclass
+class TableView:
+    id: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+    group: str = ""  # heading the table sits under
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
+@dataclass
+class Section:
+    run: Run
+    anchor: str
+    title: str
+    kind: str
+    banners: list[tuple[str, str]] = field(default_factory=list)  # (level, text)
+    headlines: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    plots: list[plots.Plot] = field(default_factory=list)
+    tables: list[TableView] = field(default_factory=list)
+    failures: TableView | None = None
+    noisy: TableView | None = None
+    trust: list[tuple[str, str]] = field(default_factory=list)
+    env: list[tuple[str, str]] = field(default_factory=list)
+    command: str = ""
+    suite_json: str = ""
+    args_json: str = ""
+    exports: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> table for CSV
+
+
+# --- tables -> views ----------------------------------------------------------------------
+
+def pivot_view(pivot: tables.Pivot, tid: str, unit: str, caption: str,
+               mark_noisy: bool = True) -> TableView:
+    cols = ["variant"] + [f"{n:,}" for n in pivot.values.columns]
+    rows = []
+    for variant in pivot.values.index:
+        row = [Cell(variant, "name")]
+        for n in pivot.values.columns:
+            status = pivot.status.at[variant, n]
+            value = pivot.values.at[variant, n]
+            if status == "ok" and pd.notna(value):
+                noisy = mark_noisy and bool(pivot.noisy.at[variant, n])
+                row.append(Cell(fmt_num(value) + ("†" if noisy else ""),
+                                "num noisy" if noisy else "num", float(value)))
+            elif status in ("", None):
+                row.append(Cell("—", "na", None))
+            else:
+                row.append(Cell(STATUS_MARK.get(status, status), f"st-{_css(status)}", None))
+        rows.append(row)
+    return TableView(tid, f"{pivot.title} ({unit})", cols, rows, caption)
+
+
+Fmt = Callable[[Any], str]
+
+
+def frame_view(df: pd.DataFrame, tid: str, title: str, columns: dict[str, tuple[str, Fmt]],
+               caption: str = "", row_class: Callable[[pd.Series], str] | None = None
+               ) -> TableView:
+    """Rows of `df` shown through `columns`: {column: (heading, formatter)}."""
+    heads = [h for h, _ in columns.values()]
+    rows = []
+    for _, r in df.iterrows():
+        extra = row_class(r) if row_class else ""
+        cells = []
+        for col, (_, fmt) in columns.items():
+            value = r.get(col)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            sort = float(value) if numeric and pd.notna(value) else None
+            cls = ("num" if numeric else "") + (f" {extra}" if extra else "")
+            cells.append(Cell(fmt(value), cls.strip(), sort))
+        rows.append(cells)
+    return TableView(tid, title, heads, rows, caption)
+
+
+def _text(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+
+
+def _int(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else f"{int(v):,}"
+
+
+def _num(v: Any) -> str:
+    return fmt_num(v)
+
+
+def _exp(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else f"{float(v):.2f}"
+
+
+def _times(v: Any) -> str:
+    return "" if v is None or pd.isna(v) else f"{fmt_num(v)}×"
+
+
+def _css(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "", str(text).lower()) or "x"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+# --- sections -----------------------------------------------------------------------------
+
+def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
+    rows = run.rows
+    sec = Section(run, anchor, f"Speed and memory · {run.name}", "run")
+    _common(sec, run)
+    sec.counts = tables.status_counts(rows) if not rows.empty else {}
+    n_ok = sec.counts.get("ok", 0)
+    if rows.empty:
+        sec.banners.append(("warn", "This run recorded no configurations yet (interrupted "
+                                    "before the first one finished?)."))
+    elif n_ok == 0:
+        sec.banners.append(("bad", f"Every one of the {len(rows)} configurations failed — "
+                                   "no latency or memory was measured. The reasons are listed "
+                                   "under Failed configurations."))
+    sec.headlines = tables.headlines(rows)
+    sets = tables.settings(rows)
+    for i, (setting, sub) in enumerate(sets):
+        suffix = "" if len(sets) == 1 else f"-{slug(tables.setting_label(setting))}"
+        where = tables.setting_label(setting)
+        for metric, (title, _, _) in plots.METRICS.items() if plot_dir else ():
+            fig = plots.metric_figure(sub, metric, f"{title} · {where}")
+            if fig is not None:
+                cap = _PLOT_CAPTIONS[metric]
+                sec.plots.append(plots.render(fig, _PLOT_NAMES[metric] + suffix,
+                                              f"{title} · {where}", cap, plot_dir))
+        prefix = f"{anchor}-{i}"
+        group = where if len(sets) > 1 else ""
+        sec.tables += _latency_tables(sub, prefix, group, sec.exports, suffix)
+    sec.failures = frame_view(
+        tables.failed_rows(rows), f"{anchor}-failed", "Failed configurations",
+        {"variant": ("variant", _text), "mode": ("mode", _text),
+         "batch_size": ("batch", _int), "seq_len": ("N", _int), "status": ("status", _text),
+         "reason": ("reason", _text), "predicted_mem_mib": ("predicted MiB", _num)},
+        "A failure is a result: OOM and skipped rows mark where a variant stops fitting.",
+        row_class=lambda r: f"st-{_css(r['status'])}") if not rows.empty else None
+    sec.noisy = frame_view(
+        tables.noisy_rows(rows), f"{anchor}-noisy", "Noisy measurements",
+        {"variant": ("variant", _text), "mode": ("mode", _text),
+         "batch_size": ("batch", _int), "seq_len": ("N", _int),
+         "latency_ms": ("median ms", _num), "latency_ms_iqr": ("IQR ms", _num),
+         "iqr_pct": ("IQR / median %", _num), "repeats": ("repeats", _int)},
+        f"Rows whose IQR is more than {NOISE_LIMIT:.0%} of the median (marked † in the tables)."
+        " Rerun them on a quieter machine before drawing conclusions from them."
+    ) if not rows.empty else None
+    return sec
+
+
+_PLOT_NAMES = {"latency_ms": "latency", "peak_mem_mib": "memory",
+               "tokens_per_s": "throughput", "pct_of_peak": "pct_of_peak"}
+_PLOT_CAPTIONS = {
+    "latency_ms": "Median time per step, both axes log (Fastformer Fig. 2 style). The band is "
+                  "median ± IQR/2; a line ends at its variant's first OOM (✕), skip (×) or "
+                  "timeout (▼), drawn at the last measured height.",
+    "peak_mem_mib": "Measured peak memory the step adds (not a prediction).",
+    "tokens_per_s": "Tokens processed per second (batch × N / latency).",
+    "pct_of_peak": "Achieved FLOP/s (analytic FLOPs / latency) as a share of this machine's "
+                   "measured matmul peak.",
+}
+
+
+def _latency_tables(rows: pd.DataFrame, prefix: str, group: str,
+                    exports: dict[str, pd.DataFrame], suffix: str) -> list[TableView]:
+    out: list[TableView] = []
+    for metric, unit, name in (("latency_ms", "ms", "latency"),
+                               ("peak_mem_mib", "MiB", "memory")):
+        pivs = tables.pivots(rows, metric)
+        frames = []
+        for p in pivs:
+            out.append(pivot_view(p, f"{prefix}-{name}-{p.mode}-b{p.batch_size}", unit,
+                                  "" if name == "memory" else
+                                  "† noisy (IQR > 10% of the median). OOM / skip / timeout / "
+                                  "error: the configuration did not produce a number.",
+                                  mark_noisy=name == "latency"))
+            out[-1].group = _join(group, "Latency (ms)" if name == "latency"
+                                  else "Peak memory (MiB)")
+            frames.append(p.export().reset_index().assign(mode=p.mode, batch_size=p.batch_size))
+        if frames:
+            df = pd.concat(frames, ignore_index=True)
+            lead = ["mode", "batch_size", "variant"]
+            exports[f"{name}_pivot{suffix}"] = df[lead + [c for c in df.columns
+                                                          if c not in lead]]
+
+    cross = tables.crossovers(rows)
+    exports[f"crossover{suffix}"] = cross
+    if not cross.empty:
+        t = frame_view(cross, f"{prefix}-crossover", "Crossover length",
+                       {"mode": ("mode", _text), "batch_size": ("batch", _int),
+                        "variant": ("variant", _text), "vs": ("faster than", _text),
+                        "crossover": ("from N", _text), "note": ("note", _text)},
+                       "The shortest N from which the variant is faster than the baseline, "
+                       "interpolated in log-log between measured lengths.")
+        for row, c in zip(t.rows, cross["crossover_len"], strict=True):
+            row[4].sort = None if pd.isna(c) else float(c)
+        out.append(t)
+    exps = tables.scaling_exponents(rows)
+    exports[f"scaling{suffix}"] = exps
+    if not exps.empty:
+        out.append(frame_view(
+            exps, f"{prefix}-scaling", "Scaling exponents",
+            {"mode": ("mode", _text), "batch_size": ("batch", _int),
+             "variant": ("variant", _text), "time_exponent": ("time ∝ N^k", _exp),
+             "time_fit_range": ("fitted over", _text),
+             "memory_exponent": ("memory ∝ N^k", _exp),
+             "memory_fit_range": ("fitted over", _text)},
+            "Log-log slope over the three longest lengths each variant reached: 2 is "
+            "quadratic, 1 linear. Short lengths are left out because fixed costs dominate "
+            "there."))
+    speed = tables.speedups(rows)
+    exports[f"speedup{suffix}"] = speed
+    if not speed.empty:
+        out.append(frame_view(
+            speed, f"{prefix}-speedup", "Speed-up vs transformer at the longest common length",
+            {"mode": ("mode", _text), "batch_size": ("batch", _int),
+             "variant": ("variant", _text), "seq_len": ("N", _int),
+             "latency_ms": ("ms", _num), "transformer_ms": ("transformer ms", _num),
+             "speedup": ("speed-up", _times), "memory_ratio": ("memory / transformer", _times)},
+            "Longest N at which both the variant and full attention ran."))
+    for t in out:
+        t.group = t.group or _join(group, "Crossover, scaling and speed-up")
+    return out
+
+
+def _join(*parts: str) -> str:
+    return " · ".join(p for p in parts if p)
+
+
+def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
+    sec = Section(run, anchor, f"Length extrapolation · {run.name}", "extrapolate")
+    _common(sec, run)
+    ex = run.extrapolation
+    if ex.empty:
+        sec.banners.append(("warn", "No perplexity was recorded yet (extrapolation.csv is "
+                                    "missing or empty): training may still be running or was "
+                                    "interrupted."))
+    fig = plots.extrapolation_figure(ex) if plot_dir else None
+    if fig is not None:
+        sec.plots.append(plots.render(
+            fig, "extrapolation", "Perplexity vs evaluation length",
+            "ALiBi Fig. 1 style: each position method trained at L (dashed line), evaluated "
+            "at longer lengths. Lower is better; a method that extrapolates stays flat.",
+            plot_dir))
+    for i, t in enumerate(tables.extrapolation_tables(ex)):
+        cols = ["position"] + [f"{n:,}" for n in t.ppl.columns] + [
+            "best length", t.ratio_label]
+        rows = []
+        summary = t.summary.set_index("position")
+        for pos in t.ppl.index:
+            best = summary.at[pos, "best_len"]
+            row = [Cell(pos, "name")]
+            for n in t.ppl.columns:
+                v = t.ppl.at[pos, n]
+                cls = "num best" if best is not None and n == best else "num"
+                row.append(Cell(fmt_num(v) if pd.notna(v) else "—", cls,
+                                float(v) if pd.notna(v) else None))
+            row.append(Cell(_int(best), "num", best))
+            ratio = summary.at[pos, "ratio"]
+            row.append(Cell(_times(ratio), "num", None if pd.isna(ratio) else float(ratio)))
+            rows.append(row)
+        view = TableView(f"{anchor}-ppl-{i}", f"Perplexity · {t.title}", cols, rows,
+                         " ".join(["Perplexity per position method and evaluation length "
+                                   "(bold: its best length)."] + t.notes))
+        view.group = "Perplexity tables"
+        sec.tables.append(view)
+        export = t.ppl.reset_index().assign(train_len=t.train_len, eval_mode=t.eval_mode)
+        lead = ["train_len", "eval_mode", "position"]
+        sec.exports[f"extrapolation-{slug(t.eval_mode)}-L{t.train_len}"] = export[
+            lead + [c for c in export.columns if c not in lead]]
+    if not run.training.empty:
+        tr = run.training
+        view = frame_view(tr, f"{anchor}-training", "Training", {
+            "position": ("position", _text), "train_len": ("L", _int),
+            "params": ("params", _int), "tokens_trained": ("tokens", _int),
+            "train_time_s": ("time s", _num), "tokens_per_s": ("tokens/s", _num),
+            "peak_mem_mib": ("peak MiB", _num), "final_train_loss": ("final loss", _num)},
+            "Every method trains with the same seed, data order and token budget.")
+        view.group = "Training"
+        sec.tables.append(view)
+        sec.exports["training"] = tr
+    return sec
+
+
+def _common(sec: Section, run: Run) -> None:
+    meta = run.meta
+    if run.interrupted:
+        sec.banners.append(("warn", "This run did not finish (run.json has no finished_at): "
+                                    "it was interrupted or is still running, so some "
+                                    "configurations are missing."))
+    if meta.get("synthetic"):
+        sec.banners.append(("warn", "Synthetic data (written by lsbench.report.testing), "
+                                    "not a measurement."))
+    for w in run.warnings:
+        sec.banners.append(("warn", w))
+    sec.command = str(meta.get("command") or "")
+    suite = meta.get("suite_config") or meta.get("corpus") or {}
+    sec.suite_json = json.dumps(suite, indent=2, default=str) if suite else ""
+    sec.args_json = json.dumps(meta.get("args") or {}, indent=2, default=str)
+    trust = [
+        ("run directory", str(run.path)),
+        ("kind", run.kind),
+        ("suite" if run.kind == "run" else "preset",
+         str(meta.get("suite") or meta.get("preset") or "")),
+        ("lsbench version", str(meta.get("lsbench_version") or "")),
+        ("device", f"{meta.get('device') or ''} · {run.device_name}"),
+        ("machine peak", f"{fmt_num(meta['machine_peak_gflops'])} GFLOP/s (measured matmul)"
+         if meta.get("machine_peak_gflops") else ""),
+        ("started", str(meta.get("started_at") or "")),
+        ("finished", str(meta.get("finished_at") or "not finished")),
+    ]
+    if run.kind == "run" and not run.rows.empty:
+        threads = run.rows["threads"].dropna().unique()
+        reps = run.rows["repeats"].dropna()
+        trust.append(("threads", ", ".join(str(int(t)) for t in sorted(threads))))
+        if not reps.empty:
+            trust.append(("timed repeats", f"{int(reps.min())}–{int(reps.max())} per config"))
+    sec.trust = [(k, v) for k, v in trust if v]
+    sec.env = [(k, _env_value(v)) for k, v in run.env.items()]
+
+
+def _env_value(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={'—' if x is None else x}" for k, x in v.items())
+    return str(v)
+
+
+def sections(runs: list[Run], with_plots: bool = True) -> list[Section]:
+    """One section per run; plots are saved under each run's plots/ (skipped if not wanted)."""
+    out = []
+    for i, run in enumerate(runs):
+        anchor = f"run{i + 1}"
+        plot_dir = run.path / "plots" if with_plots else None
+        if run.kind == "extrapolate":
+            out.append(extrapolation_section(run, anchor, plot_dir))
+        else:
+            out.append(latency_section(run, anchor, plot_dir))
+    return out
