@@ -270,9 +270,9 @@ def compare(
 
 
 def _print_comparison(cmp, limit: int, threshold: float | None, bad) -> None:
-    from lsbench.report.tables import fmt_num
-
     from rich import box
+
+    from lsbench.report.tables import fmt_num
 
     t = cmp.table
     table = Table(title=f"{cmp.b.name} vs {cmp.a.name} (ratio B/A, worst first)",

@@ -102,11 +102,11 @@ def metric_figure(rows: pd.DataFrame, metric: str, title: str) -> plt.Figure | N
     panels = list(groups(rows))
     modes = sorted({m for m, _, _ in panels}, key=lambda m: (m != "inference", m))
     batches = sorted({b for _, b, _ in panels})
-    fig, axes = plt.subplots(len(batches), len(modes), squeeze=False, sharex=True,
-                             figsize=(4.6 * len(modes) + 1.9, 3.3 * len(batches) + 0.7))
+    fig, axes = _grid(len(batches), len(modes))
     _, ylabel, band = METRICS[metric]
     seen_variants: list[str] = []
     seen_fails: set[str] = set()
+    with_lines = set()
     for mode, batch, sub in panels:
         ax = axes[batches.index(batch)][modes.index(mode)]
         for variant in ordered(sub["variant"].unique()):
@@ -114,13 +114,16 @@ def metric_figure(rows: pd.DataFrame, metric: str, title: str) -> plt.Figure | N
             drawn, fails = _draw_variant(ax, v, variant, metric, band)
             if drawn or fails:
                 seen_variants.append(variant)
+            if drawn:
+                with_lines.add(ax)
             seen_fails |= fails
         ax.set_title(f"{mode} · batch {batch}", fontsize=10)
     for (r, c), ax in np.ndenumerate(axes):
+        # log y only where a line was drawn (failure markers alone have no height)
         _format_axes(ax, ylabel if c == 0 else None, "sequence length N" if r == len(batches) - 1
-                     else None, log_y=metric != "pct_of_peak")
-        if not ax.has_data():
-            ax.text(0.5, 0.5, "no measurements", ha="center", va="center",
+                     else None, log_y=metric != "pct_of_peak" and ax in with_lines)
+        if ax not in with_lines:
+            ax.text(0.5, 0.5, "no measurement", ha="center", va="center",
                     transform=ax.transAxes, color="0.5")
     handles = [_variant_handle(v) for v in ordered(set(seen_variants))]
     handles += [Line2D([], [], color="0.3", marker=FAIL_MARKERS[s], linestyle="none",
@@ -128,15 +131,28 @@ def metric_figure(rows: pd.DataFrame, metric: str, title: str) -> plt.Figure | N
                 if s in seen_fails]
     if band and handles:
         handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.25, label="IQR"))
-    fig.suptitle(label(title), fontsize=11)
+    fig.suptitle(label(title), fontsize=11, y=1 - 0.15 / fig.get_figheight())
     if handles:
         fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.97))
     return fig
 
 
 _FAIL_LABELS = {"oom": "out of memory", "skipped": "skipped (would not fit)",
                 "timeout": "timed out", "error": "error"}
+
+
+# Panel grid with fixed margins in inches (tight_layout costs ~0.5 s per figure): room for
+# tick labels on the left, the shared legend on the right, the titles on top.
+PANEL_W, PANEL_H, LEFT, RIGHT, TOP, BOTTOM, GAP_W, GAP_H = 4.0, 2.7, 0.8, 1.9, 0.65, 0.55, 0.6, 0.6
+
+
+def _grid(nrows: int, ncols: int):
+    width = LEFT + ncols * PANEL_W + (ncols - 1) * GAP_W + RIGHT
+    height = TOP + nrows * PANEL_H + (nrows - 1) * GAP_H + BOTTOM
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(width, height))
+    fig.subplots_adjust(left=LEFT / width, right=1 - RIGHT / width, bottom=BOTTOM / height,
+                        top=1 - TOP / height, wspace=GAP_W / PANEL_W, hspace=GAP_H / PANEL_H)
+    return fig, axes
 
 
 def _draw_variant(ax, v: pd.DataFrame, variant: str, metric: str,
@@ -182,8 +198,16 @@ def _variant_handle(name: str) -> Line2D:
 
 def _format_axes(ax, ylabel: str | None, xlabel: str | None, log_y: bool = True) -> None:
     ax.set_xscale("log", base=2)
-    if log_y and ax.has_data():
+    if log_y:
+        # Plain tick labels: cheaper than mathtext powers of ten, and readable as numbers.
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_num_tick))
+        lo, hi = ax.get_ylim()
+        if hi / lo < 100:  # under two decades: label 2x and 5x too
+            ax.yaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_num_tick))
+        else:
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_len_tick))
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
@@ -192,6 +216,12 @@ def _format_axes(ax, ylabel: str | None, xlabel: str | None, log_y: bool = True)
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=9)
     ax.tick_params(labelsize=8)
+
+
+def _num_tick(y: float, _pos) -> str:
+    if y >= 1:
+        return f"{y:,.0f}"
+    return f"{y:.10f}".rstrip("0").rstrip(".")
 
 
 def _len_tick(x: float, _pos) -> str:
@@ -210,8 +240,7 @@ def extrapolation_figure(ex: pd.DataFrame) -> plt.Figure | None:
         return None
     modes = sorted(ex["eval_mode"].unique(), key=lambda m: (m != "nonoverlapping", m))
     train_lens = sorted(int(t) for t in ex["train_len"].dropna().unique()) or [None]
-    fig, axes = plt.subplots(len(train_lens), len(modes), squeeze=False,
-                             figsize=(4.6 * len(modes) + 1.9, 3.3 * len(train_lens) + 0.7))
+    fig, axes = _grid(len(train_lens), len(modes))
     names = ordered(ex["position"].astype(str).unique(), KNOWN_POSITIONS)
     for (r, c), ax in np.ndenumerate(axes):
         mode, train_len = modes[c], train_lens[r]
@@ -233,10 +262,10 @@ def extrapolation_figure(ex: pd.DataFrame) -> plt.Figure | None:
         ax.set_title(label(title), fontsize=10)
         _format_axes(ax, "perplexity" if c == 0 else None,
                      "evaluation length" if r == len(train_lens) - 1 else None)
-    fig.suptitle("Perplexity vs evaluation length (train short, test long)", fontsize=11)
+    fig.suptitle("Perplexity vs evaluation length (train short, test long)", fontsize=11,
+                 y=1 - 0.15 / fig.get_figheight())
     fig.legend(handles=[_variant_handle(n) for n in names], loc="center right", fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.97))
     return fig
 
 
@@ -253,7 +282,7 @@ def render(fig: plt.Figure, name: str, title: str, caption: str, out_dir: Path) 
         svg = buf.getvalue()
         svg_path, png_path = out_dir / f"{name}.svg", out_dir / f"{name}.png"
         svg_path.write_text(svg, encoding="utf-8")
-        fig.savefig(png_path, format="png", dpi=110, metadata={"Software": None})
+        fig.savefig(png_path, format="png", dpi=100, metadata={"Software": None})
     except OSError as e:
         raise LsbenchError(f"cannot write plots to {out_dir} ({e.strerror}); make the run "
                            "directory writable or copy it somewhere that is.") from None

@@ -172,7 +172,7 @@ def crossovers(rows: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
                 note = ""
                 v_lens = set(v.index)
                 if base_stop is not None and any(n >= base_stop[0] for n in v_lens):
-                    note = f"{base} {base_stop[1]} from {base_stop[0]:,}; {variant} still runs"
+                    note = f"{base} {base_stop[1]} from {base_stop[0]:,}"
                 records.append({
                     "mode": mode, "batch_size": batch, "variant": variant, "vs": base,
                     "crossover_len": c.length, "kind": c.kind, "crossover": c.describe(),

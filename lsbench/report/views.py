@@ -218,15 +218,7 @@ def _latency_tables(rows: pd.DataFrame, prefix: str, group: str,
     cross = tables.crossovers(rows)
     exports[f"crossover{suffix}"] = cross
     if not cross.empty:
-        t = frame_view(cross, f"{prefix}-crossover", "Crossover length",
-                       {"mode": ("mode", _text), "batch_size": ("batch", _int),
-                        "variant": ("variant", _text), "vs": ("faster than", _text),
-                        "crossover": ("from N", _text), "note": ("note", _text)},
-                       "The shortest N from which the variant is faster than the baseline, "
-                       "interpolated in log-log between measured lengths.")
-        for row, c in zip(t.rows, cross["crossover_len"], strict=True):
-            row[4].sort = None if pd.isna(c) else float(c)
-        out.append(t)
+        out.append(_crossover_view(cross, f"{prefix}-crossover"))
     exps = tables.scaling_exponents(rows)
     exports[f"scaling{suffix}"] = exps
     if not exps.empty:
@@ -253,6 +245,32 @@ def _latency_tables(rows: pd.DataFrame, prefix: str, group: str,
     for t in out:
         t.group = t.group or _join(group, "Crossover, scaling and speed-up")
     return out
+
+
+def _crossover_view(cross: pd.DataFrame, tid: str) -> TableView:
+    """One row per (mode, batch, variant), one column per baseline."""
+    bases = list(dict.fromkeys(cross["vs"]))
+    cols = ["mode", "batch", "variant"] + [f"faster than {b} from N" for b in bases] + ["note"]
+    rows = []
+    for (mode, batch, variant), g in cross.groupby(["mode", "batch_size", "variant"],
+                                                   sort=False):
+        by_base = g.set_index("vs")
+        row = [Cell(mode), Cell(_int(batch), "num", batch), Cell(variant, "name")]
+        for b in bases:
+            if b not in by_base.index:
+                row.append(Cell("—", "na"))
+                continue
+            n = by_base.at[b, "crossover_len"]
+            kind = by_base.at[b, "kind"]
+            row.append(Cell(by_base.at[b, "crossover"], f"cross-{kind}",
+                            None if pd.isna(n) else float(n)))
+        notes = [x for x in dict.fromkeys(g["note"]) if x]
+        row.append(Cell("; ".join(notes)))
+        rows.append(row)
+    return TableView(tid, "Crossover length", cols, rows,
+                     "The shortest N from which the variant is faster than the baseline at "
+                     "every longer measured N, interpolated in log-log between measured "
+                     "lengths. The note says where a baseline itself stopped running.")
 
 
 def _join(*parts: str) -> str:
