@@ -1,0 +1,355 @@
+"""`lsbench extrapolate`: train each position method at L, score it at L_valid ≥ L, write files.
+
+Run directory (the contract with `lsbench report`):
+- run.json           kind, command, args, env fingerprint, lsbench version, corpus, preset, times
+- extrapolation.csv  position, train_len, eval_len, eval_mode, stride, tokens_scored, loss, ppl
+                     (+ status: ok | not_applicable, reason)
+- training.csv       position, train_len, params, tokens_trained, train_time_s, tokens_per_s,
+                     peak_mem_mib, final_train_loss
+- training_curve.csv position, step, tokens, loss, lr
+- checkpoints/<position>.pt   resumable; evaluation can be rerun with --eval-only
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import lsbench
+from lsbench import positions as position_registry
+from lsbench.errors import LsbenchError, unknown_choice
+from lsbench.extrapolate.corpus import load_corpus
+from lsbench.extrapolate.evaluate import NONOVERLAPPING, SLIDING, evaluate, perplexity, sliding_span
+from lsbench.extrapolate.presets import DEFAULT_EVAL_MULTS, PRESETS, Preset, get_preset
+from lsbench.extrapolate.tokenizer import VOCAB_SIZE
+from lsbench.extrapolate.train import (
+    TrainState,
+    autocast_for,
+    checkpoint_meta,
+    load_checkpoint,
+    total_steps,
+    train,
+)
+from lsbench.models import CausalLM, CausalLMConfig
+
+PAPER_POSITIONS = ("sinusoidal", "rotary", "t5", "alibi")
+EXTRAPOLATION_COLUMNS = ["position", "train_len", "eval_len", "eval_mode", "stride",
+                         "tokens_scored", "loss", "ppl", "status", "reason"]
+TRAINING_COLUMNS = ["position", "train_len", "params", "tokens_trained", "train_time_s",
+                    "tokens_per_s", "peak_mem_mib", "final_train_loss"]
+
+
+class Events(Protocol):
+    """How the library reports progress; the CLI implements it with rich (library never prints)."""
+
+    def __call__(self, event: str, **data: Any) -> None: ...
+
+
+def _quiet(event: str, **data: Any) -> None:
+    pass
+
+
+@dataclass
+class ExtrapolationResult:
+    out: Path
+    rows: list[dict] = field(default_factory=list)  # extrapolation.csv rows
+    training: list[dict] = field(default_factory=list)  # training.csv rows
+    run: dict = field(default_factory=dict)  # run.json
+
+    def table(self, mode: str = NONOVERLAPPING) -> dict[str, dict[int, float | None]]:
+        """position -> {eval_len: ppl (None when not applicable)} for one eval mode."""
+        out: dict[str, dict[int, float | None]] = {}
+        for r in self.rows:
+            if r["eval_mode"] == mode:
+                out.setdefault(r["position"], {})[r["eval_len"]] = r["ppl"]
+        return out
+
+    def summary(self, mode: str = NONOVERLAPPING) -> list[dict]:
+        """Per position: best length, ppl there, and ppl(longest)/ppl(train_len)."""
+        train_len = self.run["args"]["train_len"]
+        rows = []
+        for pos, by_len in self.table(mode).items():
+            ok = {n: p for n, p in by_len.items() if p is not None}
+            best = min(ok, key=ok.get) if ok else None
+            longest = max(ok) if ok else None
+            base = ok.get(train_len)
+            rows.append({
+                "position": pos,
+                "best_len": best,
+                "best_ppl": ok.get(best),
+                "longest_len": longest,
+                "ratio_longest_to_train": ok[longest] / base if base and longest else None,
+            })
+        return rows
+
+
+def parse_eval_lens(spec: str | Sequence | None, train_len: int) -> list[int]:
+    """'512,1024' (tokens) or '1x,1.5x,16x' (multiples of train_len); default L×{1,…,16}."""
+    if spec is None or spec == "":
+        items: list = [f"{m}x" for m in DEFAULT_EVAL_MULTS]
+    elif isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+    else:
+        items = list(spec)
+    lens = []
+    for item in items:
+        text = str(item).strip().lower()
+        try:
+            n = round(float(text[:-1]) * train_len) if text.endswith("x") else int(text)
+        except ValueError:
+            raise LsbenchError(
+                f"--eval-lens: {item!r} is not a length; use tokens (512,1024) or multiples of "
+                "--train-len (1x,2x,16x)."
+            ) from None
+        if n < 1:
+            raise LsbenchError(f"--eval-lens: every length must be >= 1, got {item!r} -> {n}.")
+        lens.append(n)
+    if not lens:
+        raise LsbenchError("--eval-lens is empty; give at least one length, e.g. 1x,2x,16x.")
+    return sorted(set(lens))
+
+
+def parse_positions(spec: str | Sequence | None) -> list[str]:
+    names = list(PAPER_POSITIONS) if not spec else (
+        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    )
+    if not names:
+        raise LsbenchError("--positions is empty; e.g. --positions alibi,rotary.")
+    for name in names:
+        if name not in position_registry.REGISTRY:
+            raise unknown_choice("position method", name, position_registry.REGISTRY, "--positions")
+    return list(dict.fromkeys(names))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise unknown_choice("device", device, ["auto", "cpu", "cuda"])
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LsbenchError("--device cuda asked for, but CUDA is not available; use --device cpu.")
+    return torch.device(device)
+
+
+def default_out(root: Path = Path("reports")) -> Path:
+    return root / f"{datetime.now():%Y%m%d-%H%M%S}-extrapolate"
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def run_extrapolate(
+    train_len: int = 512,
+    positions: str | Sequence[str] | None = None,
+    corpus: str = "stdlib",
+    out: str | Path | None = None,
+    preset: str | None = None,
+    eval_lens: str | Sequence | None = None,
+    stride: int | None = None,
+    eval_only: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    threads: int = 0,
+    train_tokens: int | None = None,
+    command: str = "",
+    events: Events = _quiet,
+) -> ExtrapolationResult:
+    """Train every position method at `train_len` and score it at every eval length.
+
+    Reuses checkpoints found in `out` (resume an interrupted run, or `eval_only`).
+    """
+    if not isinstance(train_len, int) or train_len < 1:
+        raise LsbenchError(f"--train-len must be a positive integer, got {train_len!r}.")
+    names = parse_positions(positions)
+    lens = parse_eval_lens(eval_lens, train_len)
+    dev = resolve_device(device)
+    p = get_preset(preset or ("gpu" if dev.type == "cuda" else "cpu"))
+    if stride is None:
+        stride = max(1, min(train_len // 2, lens[0]))
+    if stride < 0 or stride > lens[0]:
+        raise LsbenchError(
+            f"--stride must be between 0 (no sliding evaluation) and the shortest eval length "
+            f"{lens[0]}, got {stride}."
+        )
+    if train_tokens is not None and train_tokens < p.batch_size * train_len:
+        raise LsbenchError(
+            f"--train-tokens must be at least one batch ({p.batch_size} × {train_len} = "
+            f"{p.batch_size * train_len}), got {train_tokens}."
+        )
+    if eval_only and out is None:
+        raise LsbenchError("--eval-only needs --out DIR: the run directory holding checkpoints.")
+    threads = threads or p.threads
+    if threads < 0:
+        raise LsbenchError(f"--threads must be >= 0 (0: torch's default), got {threads}.")
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(train_len, names, corpus, out, p, lens, stride, eval_only, dev, seed,
+                    train_tokens, command, events)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, p: Preset,
+         lens: list[int], stride: int, eval_only: bool, dev: torch.device, seed: int,
+         train_tokens: int | None, command: str, events: Events) -> ExtrapolationResult:
+    data = load_corpus(corpus)
+    train_stream, valid = data.streams["train"], data.streams["valid"]
+    if len(train_stream) < train_len + 2:
+        raise LsbenchError(
+            f"corpus {data.name!r} is too small: its train split has {len(train_stream)} tokens, "
+            f"fewer than --train-len + 2 = {train_len + 2}; use a bigger corpus or a shorter "
+            "--train-len."
+        )
+    longest = lens[-1]
+    n_targets = min(len(valid) - 1, max(p.eval_windows * longest, longest))
+    if n_targets < longest:
+        raise LsbenchError(
+            f"corpus {data.name!r}: the validation stream has {len(valid)} tokens, shorter than "
+            f"the longest eval length + 1 ({longest + 1}); lower --eval-lens or use a bigger "
+            "corpus."
+        )
+    stream = valid[: n_targets + 1]
+    span = sliding_span(n_targets, longest, stride, p.sliding_windows) if stride else 0
+    steps = total_steps(p, train_len, train_tokens)
+
+    out = Path(out) if out is not None else default_out()
+    ckpt_dir = out / "checkpoints"
+    if eval_only and not ckpt_dir.is_dir():
+        raise LsbenchError(
+            f"--eval-only: {ckpt_dir} does not exist; train first (drop --eval-only)."
+        )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    args = {"train_len": train_len, "positions": names, "corpus": corpus, "out": str(out),
+            "preset": p.name, "eval_lens": lens, "stride": stride, "eval_only": eval_only,
+            "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
+            "train_tokens": steps * p.batch_size * train_len, "train_steps": steps,
+            "eval_tokens": n_targets, "sliding_tokens": span}
+    from lsbench.measure.env import fingerprint
+
+    run = {"kind": "extrapolate", "command": command, "args": args, "env": fingerprint(),
+           "lsbench_version": lsbench.__version__, "corpus": data.info(), "preset": p.as_dict(),
+           "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+           "finished_at": None}
+    _write_json(out / "run.json", run)
+    result = ExtrapolationResult(out=out, run=run)
+    events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict())
+
+    curve: list[dict] = []
+    for name in names:
+        cfg = CausalLMConfig(position=name, vocab_size=VOCAB_SIZE, d_model=p.d_model,
+                             n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len)
+        meta = checkpoint_meta(cfg, p, train_len, steps, seed, data.files_sha256)
+        torch.manual_seed(seed)  # same initial weights for every method where shapes agree
+        model = CausalLM(cfg)
+        ckpt_path = ckpt_dir / f"{name}.pt"
+        state = _train_or_load(model, name, train_stream, p, train_len, steps, seed, ckpt_path,
+                               meta, dev, eval_only, events)
+        model.to(dev)
+        result.training.append({"position": name, "train_len": train_len,
+                                "params": model.num_params(),
+                                **state.summary(train_len, p.batch_size)})
+        curve += [{"position": name, "step": i + 1,
+                   "tokens": (i + 1) * p.batch_size * train_len, "loss": loss, "lr": lr}
+                  for i, (loss, lr) in enumerate(zip(state.losses, state.lrs, strict=True))]
+        result.rows += _evaluate_all(model, name, stream, lens, stride, span, train_len, p, dev,
+                                     events)
+        _write_csv(out / "training.csv", TRAINING_COLUMNS, result.training)
+        _write_csv(out / "training_curve.csv", ["position", "step", "tokens", "loss", "lr"],
+                   curve)
+        _write_csv(out / "extrapolation.csv", EXTRAPOLATION_COLUMNS, result.rows)
+        del model
+
+    run["finished_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    _write_json(out / "run.json", run)
+    events("finish", out=str(out))
+    return result
+
+
+def _train_or_load(model: CausalLM, name: str, stream: torch.Tensor, p: Preset, train_len: int,
+                   steps: int, seed: int, ckpt_path: Path, meta: dict, dev: torch.device,
+                   eval_only: bool, events: Events) -> TrainState:
+    if eval_only:
+        if not ckpt_path.exists():
+            raise LsbenchError(
+                f"--eval-only: no checkpoint for {name!r} at {ckpt_path}; train it first "
+                "(drop --eval-only) or leave it out of --positions."
+            )
+        ckpt = load_checkpoint(ckpt_path, meta)
+        state = TrainState(**ckpt["state"])
+        if not state.finished:
+            raise LsbenchError(
+                f"--eval-only: {name!r} stopped at step {state.step} of {state.total_steps}; "
+                "rerun without --eval-only to finish training."
+            )
+        model.load_state_dict(ckpt["model"])
+        events("loaded", position=name, step=state.step)
+        return state
+    start = load_checkpoint(ckpt_path, meta)["state"]["step"] if ckpt_path.exists() else 0
+    events("train_start", position=name, start_step=start, total_steps=steps,
+           params=model.num_params())
+
+    def on_step(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+        events("train_step", position=name, step=step, total_steps=total, loss=loss,
+               tokens_per_s=tokens_per_s)
+
+    state = train(model, stream, p, train_len, steps, seed, ckpt_path, meta, dev, on_step)
+    events("train_end", position=name, **state.summary(train_len, p.batch_size))
+    return state
+
+
+def _evaluate_all(model: CausalLM, name: str, stream: torch.Tensor, lens: list[int], stride: int,
+                  span: int, train_len: int, p: Preset, dev: torch.device,
+                  events: Events) -> list[dict]:
+    modes = [(NONOVERLAPPING, 0)] + ([(SLIDING, stride)] if stride else [])
+    rows = []
+    amp = autocast_for(dev, p)
+    for mode, s in modes:
+        for n in lens:
+            row = {"position": name, "train_len": train_len, "eval_len": n, "eval_mode": mode,
+                   "stride": s or None, "tokens_scored": None, "loss": None, "ppl": None,
+                   "status": "ok", "reason": None}
+            if model.max_len is not None and n > model.max_len:
+                row.update(status="not_applicable",
+                           reason=f"{name} covers positions < {model.max_len} only")
+            else:
+                events("eval_start", position=name, eval_len=n, eval_mode=mode)
+                tokens, nll = evaluate(
+                    model, stream, n, mode, stride=s, span=span,
+                    batch_tokens=p.eval_batch_tokens, amp=amp,
+                    on_batch=lambda i, k, n=n, mode=mode: events(
+                        "eval_batch", position=name, eval_len=n, eval_mode=mode, done=i, total=k),
+                )
+                ppl = perplexity(nll)
+                row.update(tokens_scored=tokens, loss=round(nll, 6),
+                           ppl=round(ppl, 4) if math.isfinite(ppl) else ppl)
+            rows.append(row)
+            events("eval_end", **row)
+    return rows
+
+
+__all__ = ["PAPER_POSITIONS", "PRESETS", "ExtrapolationResult", "parse_eval_lens",
+           "run_extrapolate"]
