@@ -1,0 +1,103 @@
+"""The configs of a suite: plain dicts with a stable `config_id`, and their predicted memory.
+
+A config is everything that decides what is measured (variant and its resolved parameters, mode,
+dtype, device, shape); its `config_id` hashes exactly those fields, so the same config gets the
+same id in every run and `--resume` can tell what is already recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lsbench import variants
+from lsbench.sweep.suite import Suite
+
+ID_KEYS = ("variant", "params", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
+           "n_heads", "n_layers", "ffn_dim", "causal")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TRAINING_ACTIVATION_FACTOR = 3  # activations kept for backward + their gradients (rough)
+TRAINING_PARAM_FACTOR = 4  # weights, grads, AdamW's two moments
+
+
+def config_id(config: dict[str, Any]) -> str:
+    key = {k: config[k] for k in ID_KEYS}
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def variant_params(suite: Suite, name: str, seq_len: int) -> dict[str, Any]:
+    """The suite's parameters for `name` merged with the variant's defaults.
+
+    A variant whose defaults include `max_len` (e.g. linformer's sequence projection) is sized to
+    the config's length unless the suite fixes it.
+    """
+    cls = variants.get(name)
+    params = {**cls.defaults, **suite.params.get(name, {})}
+    if "max_len" in cls.defaults and "max_len" not in suite.params.get(name, {}):
+        params["max_len"] = seq_len
+    return params
+
+
+def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
+    """All configs, lengths ascending within each (mode, batch rule) so that an OOM at N can
+    skip the larger N after it; variants innermost so a partial sweep covers all of them."""
+    ffn_dim = suite.ffn_dim or 4 * suite.d_model
+    batch_rules: list[tuple[int | None, int | None]]  # (fixed batch, tokens per batch)
+    if suite.batch_tokens is not None:
+        batch_rules = [(None, suite.batch_tokens)]
+    else:
+        batch_rules = [(b, None) for b in (suite.batch_sizes or [1])]
+    configs = []
+    for mode in suite.modes:
+        for fixed, tokens in batch_rules:
+            for seq_len in sorted(suite.seq_lens):
+                batch = fixed if fixed is not None else max(1, tokens // seq_len)
+                for name in suite.variants:
+                    cfg = {
+                        "variant": name,
+                        "params": variant_params(suite, name, seq_len),
+                        "mode": mode,
+                        "dtype": suite.dtype,
+                        "device": device,
+                        "batch_size": batch,
+                        "seq_len": seq_len,
+                        "d_model": suite.d_model,
+                        "n_heads": suite.n_heads,
+                        "n_layers": suite.n_layers,
+                        "ffn_dim": ffn_dim,
+                        "causal": suite.causal,
+                        "batch_tokens": tokens,
+                    }
+                    cfg["config_id"] = config_id(cfg)
+                    configs.append(cfg)
+    return configs
+
+
+def oom_group(config: dict[str, Any]) -> tuple:
+    """Configs in one group differ only in N (and, under a token rule, B): memory grows with N."""
+    batch = ("tokens", config["batch_tokens"]) if config.get("batch_tokens") else (
+        "batch", config["batch_size"])
+    return (config["variant"], config["mode"], config["dtype"], batch,
+            json.dumps({k: v for k, v in config["params"].items() if k != "max_len"},
+                       sort_keys=True, default=str))
+
+
+def predict_mem_bytes(config: dict[str, Any]) -> float:
+    """A rough upper estimate of one step's memory, used only to skip configs that cannot fit."""
+    c = config
+    cls = variants.get(c["variant"])
+    size = DTYPE_BYTES[c["dtype"]]
+    elems = cls.mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"], c["params"])
+    n_params = c["n_layers"] * (4 * c["d_model"] ** 2 + 2 * c["d_model"] * c["ffn_dim"])
+    inputs = c["batch_size"] * c["seq_len"] * c["d_model"]
+    if c["mode"] == "training":
+        elems = elems * c["n_layers"] * TRAINING_ACTIVATION_FACTOR
+        n_params *= TRAINING_PARAM_FACTOR
+    return float((elems + n_params + inputs) * size)
+
+
+def describe(config: dict[str, Any]) -> str:
+    return (f"{config['variant']} {config['mode']} B={config['batch_size']} "
+            f"N={config['seq_len']}")

@@ -1,0 +1,389 @@
+"""The sweep: plan (validate everything, touch nothing), then execute config by config.
+
+    plan = plan_run(RunRequest(suite="quick", ...))     # LsbenchError for any bad input
+    outcome = execute(plan, events, should_stop)         # rows on disk as each config ends
+
+Before a config runs, its memory is predicted from the variant's complexity; configs over the
+budget are recorded as `skipped` with the prediction, and after an `oom` at (variant, mode, B, N)
+the larger N of that group are `skipped` without trying.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import lsbench
+from lsbench.errors import LsbenchError
+from lsbench.sweep import grid
+from lsbench.sweep.plugins import load_plugins
+from lsbench.sweep.store import RunStore, default_run_dir, make_row, now_iso, update_latest
+from lsbench.sweep.suite import Suite, load_suite, override
+from lsbench.sweep.worker import MIB, LocalExecutor, WorkerStartError
+
+CPU_BUDGET_FRACTION = 0.5  # of available RAM: the machine is shared, RSS has allocator slack
+CUDA_BUDGET_FRACTION = 0.85  # of free GPU memory
+PROBE_TIMEOUT_S = 600.0
+ENV_KEYS = ("hostname", "cpu_model", "torch", "python")
+GRID_OPTIONS = ("suite", "variants", "seq_lens", "batch_sizes", "modes", "dtype", "device",
+                "threads")
+TIMING_METHOD = ("torch.utils.benchmark.Timer.adaptive_autorange (IQR/median < 10% or the time "
+                 "budget); samples are per-step means of a block; median, IQR, 95% CI of the "
+                 "median by order statistics (binomial)")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for; None means "the suite's value" (or an automatic default)."""
+
+    suite: str | None = None
+    out: Path | None = None
+    resume: Path | None = None  # run directory to continue
+    force: bool = False
+    variants: list[str] | None = None
+    seq_lens: list[int] | None = None
+    batch_sizes: list[int] | None = None
+    modes: list[str] | None = None
+    dtype: str | None = None
+    device: str | None = None
+    mem_budget_bytes: int | None = None
+    timeout_s: float | None = None
+    threads: int | None = None
+    command: str = "lsbench run"
+    args: dict[str, Any] = field(default_factory=dict)
+    reports_root: Path = Path("reports")
+
+
+@dataclass
+class Plan:
+    request: RunRequest
+    suite: Suite
+    device: str
+    threads: int
+    timeout_s: float
+    configs: list[dict[str, Any]]
+    run_dir: Path
+    store: RunStore
+    resume_info: dict[str, Any] | None = None  # run.json of the run being resumed
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def done_ids(self) -> set[str]:
+        return {r["config_id"] for r in self.store.rows}
+
+    @property
+    def todo(self) -> list[dict[str, Any]]:
+        done = self.done_ids
+        return [c for c in self.configs if c["config_id"] not in done]
+
+
+class Events(Protocol):
+    def status(self, message: str) -> None: ...
+    def start(self, plan: Plan, todo: int) -> None: ...
+    def config(self, config: dict[str, Any], index: int, total: int) -> None: ...
+    def row(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    rows: list[dict[str, Any]]  # every row in the run, earlier ones included
+    new_rows: int
+    complete: bool
+    info: dict[str, Any]
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        built = (f"built with CUDA {torch.version.cuda}" if torch.version.cuda
+                 else "a CPU-only build")
+        raise LsbenchError(
+            f"device {requested!r} requested but CUDA is not available (torch {torch.__version__}, "
+            f"{built}); use --device cpu, or run on a machine with an NVIDIA GPU and a CUDA torch."
+        )
+    return requested
+
+
+def check_dtype(dtype: str, device: str) -> None:
+    if device == "cpu" and dtype == "float16":
+        raise LsbenchError(
+            "dtype float16 cannot run on the CPU here (half-precision CPU kernels are partial and "
+            "slow, so timings would mislead); use --dtype float32 or bfloat16, or --device cuda."
+        )
+
+
+def plan_run(req: RunRequest) -> Plan:
+    """Validate every input and work out the configs; writes nothing."""
+    load_plugins()
+    if req.timeout_s is not None and req.timeout_s <= 0:
+        raise LsbenchError(f"--timeout {req.timeout_s:g} must be a positive number of seconds.")
+    if req.threads is not None and req.threads <= 0:
+        raise LsbenchError(f"--threads {req.threads} must be >= 1.")
+    if req.resume is not None:
+        return _plan_resume(req)
+    import torch
+
+    device_hint = req.device or "auto"
+    name = req.suite or ("fastformer-fig2" if device_hint != "cpu" and torch.cuda.is_available()
+                         else "quick")
+    suite = load_suite(name)
+    suite = override(suite, variants=req.variants, seq_lens=req.seq_lens,
+                     batch_sizes=req.batch_sizes, modes=req.modes, dtype=req.dtype,
+                     device=req.device)
+    device = resolve_device(suite.device)
+    check_dtype(suite.dtype, device)
+    run_dir = req.out if req.out is not None else default_run_dir(req.reports_root, suite.name)
+    RunStore.check_new(run_dir)
+    threads = req.threads or torch.get_num_threads()
+    return Plan(req, suite, device, threads, req.timeout_s or suite.timeout_s,
+                grid.build_grid(suite, device), run_dir, RunStore(run_dir))
+
+
+def _plan_resume(req: RunRequest) -> Plan:
+    given = [k for k in GRID_OPTIONS if getattr(req, k) is not None]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-").replace("modes", "mode") for k in given)
+        raise LsbenchError(
+            f"--resume continues the recorded sweep, so {flags} cannot change it; drop "
+            f"{flags}, or start a new run with --out DIR."
+        )
+    store = RunStore.open(req.resume)
+    info = store.read_info()
+    suite = Suite.from_dict(info["suite_config"], f"{req.resume}/run.json")
+    device = resolve_device(str(info.get("device") or suite.device))
+    check_dtype(suite.dtype, device)
+    threads = int(info.get("threads") or 1)
+    timeout_s = req.timeout_s or float(info.get("timeout_s") or suite.timeout_s)
+    plan = Plan(req, suite, device, threads, timeout_s, grid.build_grid(suite, device),
+                req.resume, store, resume_info=info, warnings=list(store.warnings))
+    unknown = {r["config_id"] for r in store.rows} - {c["config_id"] for c in plan.configs}
+    if unknown:
+        plan.warnings.append(
+            f"{len(unknown)} recorded row(s) match no config of the suite as this lsbench "
+            "builds it (changed variant defaults?); they are kept, and not measured again.")
+    return plan
+
+
+def env_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in ENV_KEYS:
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    old_gpu, new_gpu = (old.get("cuda") or {}).get("name"), (new.get("cuda") or {}).get("name")
+    if old_gpu != new_gpu:
+        diffs.append(f"GPU {old_gpu!r} -> {new_gpu!r}")
+    return diffs
+
+
+def execute(plan: Plan, events: Events, should_stop=lambda: False,
+            executor: LocalExecutor | None = None) -> Outcome:
+    """Run the plan's remaining configs; every finished config is on disk before the next."""
+    from lsbench.measure.env import device_name
+
+    executor = executor or LocalExecutor(plan.threads)
+    store, suite = plan.store, plan.suite
+    info: dict[str, Any] = {}
+    written = complete = False
+    new_rows = 0
+    try:
+        events.status("starting the worker process (imports torch) ...")
+        probe = _probe(executor, plan)
+        env = probe["env"]
+        if plan.resume_info is not None:
+            info = plan.resume_info
+            diffs = env_differences(info.get("env") or {}, env)
+            if diffs and not plan.request.force:
+                raise LsbenchError(
+                    f"--resume {plan.run_dir}: this machine differs from the one that recorded "
+                    f"the run ({'; '.join(diffs)}); mixing them would make rows incomparable. "
+                    "Add --force to continue anyway, or start a new run with --out DIR."
+                )
+            store.repair_tail()
+            info.setdefault("resumes", []).append(
+                {"at": now_iso(), "command": plan.request.command,
+                 "env_differences": diffs, "timeout_s": plan.timeout_s})
+            info.update(finished_at=None, status="running")
+            peak = info.get("machine_peak_gflops")
+        else:
+            peak = probe["machine_peak"]["gflops"]
+            info = {
+                "kind": "run",
+                "suite": suite.name,
+                "suite_config": suite.to_dict(),
+                "command": plan.request.command,
+                "args": plan.request.args,
+                "env": env,
+                "lsbench_version": lsbench.__version__,
+                "device": plan.device,
+                "device_name": device_name(env, plan.device),
+                "dtype": suite.dtype,
+                "threads": plan.threads,
+                "machine_peak_gflops": peak,
+                "machine_peak": probe["machine_peak"],
+                "n_configs": len(plan.configs),
+                "timeout_s": plan.timeout_s,
+                "timing_method": TIMING_METHOD,
+                "memory_method": probe["memory_method"],
+                "peak_rss_method": probe["rss_method"],
+                "mem_prediction": "variant mem_elems × dtype bytes (× n_layers × 3 in training) "
+                                  "+ params (× 4 in training); used only to skip",
+                "started_at": now_iso(),
+                "finished_at": None,
+                "status": "running",
+                "resumes": [],
+            }
+        budget, budget_rule = _mem_budget(plan, probe)
+        budget_info = {"mem_budget_mib": round(budget / MIB, 1), "mem_budget_rule": budget_rule}
+        if plan.resume_info is None:
+            info.update(budget_info)
+            store.create(info)
+        else:
+            info["resumes"][-1].update(budget_info)
+            store.write_info(info)
+        written = True
+        if _is_default_dir(plan):
+            update_latest(plan.run_dir)
+
+        todo = plan.todo
+        events.start(plan, len(todo))
+        oom_at = _oom_groups(store.rows)
+        for i, cfg in enumerate(todo):
+            if should_stop():
+                break
+            predicted = grid.predict_mem_bytes(cfg)
+            result = _skip_reason(cfg, predicted, budget, oom_at)
+            if result is None:
+                events.config(cfg, i, len(todo))
+                result = executor.run(_unit(plan, cfg), plan.timeout_s)
+            row = make_row(cfg, result, threads=plan.threads,
+                           predicted_mem_mib=round(predicted / MIB, 2))
+            if row["status"] == "ok" and peak:
+                row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
+            if row["status"] == "oom":
+                key = grid.oom_group(cfg)
+                oom_at[key] = min(oom_at.get(key, cfg["seq_len"]), cfg["seq_len"])
+            store.append(row)
+            new_rows += 1
+            events.row(row)
+        else:
+            complete = True
+    finally:
+        executor.close()
+        if written:
+            info["status"] = "complete" if complete else "interrupted"
+            info["finished_at"] = now_iso() if complete else None
+            store.write_info(info)
+    return Outcome(plan.run_dir, list(store.rows), new_rows, complete, info)
+
+
+def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:
+    unit = {"kind": "probe", "device": plan.device, "dtype": plan.suite.dtype,
+            "threads": plan.threads, "measure_peak": plan.resume_info is None}
+    try:
+        probe = executor.run(unit, PROBE_TIMEOUT_S)
+    except WorkerStartError as e:
+        raise LsbenchError(f"cannot start the measurement worker: {e}; check that `python -c "
+                           "'import torch, lsbench'` works, and LSBENCH_PLUGINS.") from None
+    if probe.get("status") in ("error", "oom", "timeout"):
+        raise LsbenchError(f"the measurement worker failed while probing the device: "
+                           f"{probe.get('reason')}.")
+    if probe.get("error"):
+        raise LsbenchError(probe["error"])
+    return probe
+
+
+def _mem_budget(plan: Plan, probe: dict[str, Any]) -> tuple[float, str]:
+    if plan.request.mem_budget_bytes is not None:
+        return float(plan.request.mem_budget_bytes), "--mem-budget"
+    if plan.device.startswith("cuda"):
+        frac, what = CUDA_BUDGET_FRACTION, "free GPU memory"
+    else:
+        frac, what = CPU_BUDGET_FRACTION, "available RAM"
+    return frac * probe["free_mem_bytes"], f"{frac:.0%} of {what} at start"
+
+
+def _skip_reason(cfg: dict[str, Any], predicted: float, budget: float,
+                 oom_at: dict[tuple, int]) -> dict[str, Any] | None:
+    if predicted > budget:
+        return {"status": "skipped",
+                "reason": f"predicted {predicted / MIB:,.0f} MiB > memory budget "
+                          f"{budget / MIB:,.0f} MiB (--mem-budget)"}
+    smallest = oom_at.get(grid.oom_group(cfg))
+    if smallest is not None and cfg["seq_len"] > smallest:
+        return {"status": "skipped",
+                "reason": f"ran out of memory at N={smallest} (same variant, mode and batch "
+                          "rule); larger N not tried"}
+    return None
+
+
+def _oom_groups(rows: list[dict[str, Any]]) -> dict[tuple, int]:
+    """Rebuild the OOM follow-up rule from recorded rows (for --resume)."""
+    oom_at: dict[tuple, int] = {}
+    for r in rows:
+        if r.get("status") == "oom" and r.get("params") is not None:
+            key = grid.oom_group(r)
+            oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
+    return oom_at
+
+
+def _unit(plan: Plan, cfg: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "config", "config": cfg, "time_budget_s": plan.suite.time_budget_s,
+            "warmup": plan.suite.warmup, "threads": plan.threads}
+
+
+def _is_default_dir(plan: Plan) -> bool:
+    root = plan.request.reports_root
+    try:
+        return os.path.samefile(plan.run_dir.parent, root)
+    except OSError:
+        return False
+
+
+# --- the end-of-run summary (data; cli.py renders it) ------------------------------------------
+
+MARKS = {"oom": "OOM", "skipped": "skip", "timeout": "T/O", "error": "ERR"}
+
+
+def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (mode, dtype, batch rule): a variants × seq_len table of median latency (~ = noisy)
+    and one of peak memory; failed configs show a mark (OOM, skip, T/O, ERR)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        batch = (f"{r['batch_tokens']} tokens/batch" if r.get("batch_tokens")
+                 else f"batch {r['batch_size']}")
+        groups.setdefault((r["mode"], r["dtype"], batch), []).append(r)
+    tables = []
+    for (mode, dtype, batch), group in groups.items():
+        lens = sorted({r["seq_len"] for r in group})
+        names = list(dict.fromkeys(r["variant"] for r in group))
+        by_key = {(r["variant"], r["seq_len"]): r for r in group}
+        for what, cell in (("median latency", _latency_cell), ("peak memory (MiB)", _mem_cell)):
+            tables.append({
+                "title": f"{mode} · {dtype} · {batch}: {what}",
+                "columns": ["variant", *[str(n) for n in lens]],
+                "rows": [[v, *[cell(by_key[v, n]) if (v, n) in by_key else "" for n in lens]]
+                         for v in names],
+            })
+    return tables
+
+
+def _latency_cell(r: dict[str, Any]) -> str:
+    if r["status"] != "ok":
+        return MARKS.get(r["status"], r["status"])
+    return ("~" if r.get("noisy") else "") + _ms(r["latency_ms"])
+
+
+def _mem_cell(r: dict[str, Any]) -> str:
+    if r["status"] != "ok":
+        return MARKS.get(r["status"], r["status"])
+    return "?" if r.get("peak_mem_mib") is None else f"{r['peak_mem_mib']:.3g}"
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1000:.3g} s"

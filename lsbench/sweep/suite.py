@@ -1,0 +1,298 @@
+"""Sweep suites: TOML files that say what `lsbench run` measures, validated before anything runs.
+
+A suite (all sections optional except `[sweep]`; unknown keys are errors):
+
+    description = "one line"
+    [model]   d_model, n_heads, n_layers, ffn_dim (0 = 4·d_model), causal
+    [sweep]   variants (list or "all"), seq_lens, batch_sizes (list) or batch_tokens
+              (batch = max(1, batch_tokens // seq_len)), modes ("inference", "training"),
+              dtype, device ("auto", "cpu", "cuda")
+    [timing]  time_budget_s (timed seconds per config), warmup (steps), timeout_s (per config)
+    [params.<variant>]  variant parameters, e.g. [params.longformer] window = 256
+
+Built-in suites live in `lsbench/suites/*.toml`; `--suite` takes a name or a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsbench import variants
+from lsbench.errors import LsbenchError, unknown_choice
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+MODES = ("inference", "training")
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("d_model", "n_heads", "n_layers", "ffn_dim", "causal"),
+    "sweep": ("variants", "seq_lens", "batch_sizes", "batch_tokens", "modes", "dtype", "device"),
+    "timing": ("time_budget_s", "warmup", "timeout_s"),
+}
+TOP_KEYS = ("name", "description", "params", *SECTIONS)
+
+
+@dataclass
+class Suite:
+    """A resolved suite: every field explicit, variants expanded, overrides applied."""
+
+    name: str
+    source: str  # file the suite came from ("" when rebuilt from run.json)
+    description: str = ""
+    d_model: int = 256
+    n_heads: int = 16
+    n_layers: int = 1
+    ffn_dim: int = 0  # 0 -> 4 * d_model
+    causal: bool = False
+    variants: list[str] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=list)
+    batch_sizes: list[int] | None = None
+    batch_tokens: int | None = None
+    modes: list[str] = field(default_factory=lambda: ["inference"])
+    dtype: str = "float32"
+    device: str = "auto"
+    time_budget_s: float = 1.0
+    warmup: int = 1
+    timeout_s: float = 300.0
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Suite:
+        """Rebuild a suite recorded in run.json (`suite_config`), validating it again."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise unknown_choice("suite field", unknown[0], names, where)
+        suite = cls(**data)
+        validate(suite, where)
+        return suite
+
+    def batches_for(self, seq_len: int) -> list[int]:
+        if self.batch_tokens is not None:
+            return [max(1, self.batch_tokens // seq_len)]
+        return list(self.batch_sizes or [1])
+
+
+def builtin_suites() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SUITES_DIR.glob("*.toml"))}
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A built-in suite name or a path to a TOML file."""
+    builtins = builtin_suites()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or "/" in name_or_path or path.exists():
+        if not path.is_file():
+            raise LsbenchError(
+                f"suite file {name_or_path} does not exist; give a built-in suite "
+                f"({', '.join(builtins)}) or the path of a .toml file."
+            )
+        return path
+    raise unknown_choice("suite", name_or_path, builtins)
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = find_suite(name_or_path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise LsbenchError(f"{where} is not valid TOML: {e}; fix the file's syntax.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LsbenchError(f"cannot read suite {where}: {e}.") from None
+    return parse_suite(data, name=str(data.get("name") or path.stem), where=where)
+
+
+def parse_suite(data: dict[str, Any], name: str, where: str) -> Suite:
+    """Turn parsed TOML into a validated Suite; `where` names the file in every error."""
+    for key in data:
+        if key not in TOP_KEYS:
+            raise unknown_choice("key", key, TOP_KEYS, where)
+    if "sweep" not in data:
+        raise LsbenchError(f"{where} has no [sweep] section; add one with variants and seq_lens.")
+    fields: dict[str, Any] = {}
+    for section, keys in SECTIONS.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise LsbenchError(f"{where}: [{section}] must be a table, got {table!r}.")
+        for key, value in table.items():
+            if key not in keys:
+                raise unknown_choice("key", key, keys, f"{where} [{section}]")
+            fields[key] = value
+    params = data.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise LsbenchError(f"{where}: parameters go in tables like [params.longformer].")
+    fields["variants"] = expand_variants(fields.get("variants"), where)
+    for key in ("seq_lens", "batch_sizes", "modes"):
+        if key in fields and not isinstance(fields[key], list):
+            raise LsbenchError(f"{where}: [sweep] {key} must be a list, got {fields[key]!r}.")
+    if "batch_sizes" in fields and "batch_tokens" in fields:
+        raise LsbenchError(
+            f"{where}: [sweep] has both batch_sizes and batch_tokens; keep one (a list of "
+            "batch sizes, or a constant token count per batch)."
+        )
+    suite = Suite(name=name, source=where, description=str(data.get("description", "")),
+                  params={k: dict(v) for k, v in params.items()}, **fields)
+    validate(suite, where)
+    return suite
+
+
+def expand_variants(value: Any, where: str) -> list[str]:
+    if value is None or value == "all":
+        return sorted(variants.REGISTRY)
+    if not isinstance(value, list) or not value:
+        raise LsbenchError(f"{where}: variants must be a non-empty list of names or \"all\".")
+    return [str(v) for v in value]
+
+
+def _positive_ints(values: Any, what: str, where: str) -> None:
+    if not values:
+        raise LsbenchError(f"{where}: {what} is empty; give at least one positive integer.")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise LsbenchError(
+                f"{where}: {what} must be positive integers, got {v!r}; e.g. 128,256,512."
+            )
+
+
+def validate(suite: Suite, where: str) -> None:
+    """Raise LsbenchError (naming the fix) for anything that would fail later."""
+    _positive_ints(suite.seq_lens, "seq_lens", where)
+    if suite.batch_tokens is not None:
+        _positive_ints([suite.batch_tokens], "batch_tokens", where)
+    else:
+        _positive_ints(suite.batch_sizes or [1], "batch_sizes", where)
+    for key in ("d_model", "n_heads", "n_layers"):
+        _positive_ints([getattr(suite, key)], key, where)
+    if isinstance(suite.ffn_dim, bool) or not isinstance(suite.ffn_dim, int) or suite.ffn_dim < 0:
+        raise LsbenchError(f"{where}: ffn_dim must be a non-negative integer (0 = 4·d_model).")
+    if not isinstance(suite.causal, bool):
+        raise LsbenchError(f"{where}: causal must be true or false, got {suite.causal!r}.")
+    if not suite.modes:
+        raise LsbenchError(f"{where}: modes is empty; use inference, training or both.")
+    for mode in suite.modes:
+        if mode not in MODES:
+            raise unknown_choice("mode", mode, MODES, where)
+    if suite.dtype not in DTYPES:
+        raise unknown_choice("dtype", suite.dtype, DTYPES, where)
+    if suite.device not in DEVICES and not re.fullmatch(r"cuda:\d+", suite.device):
+        raise unknown_choice("device", suite.device, DEVICES, where)
+    for key, lo in (("time_budget_s", 0.0), ("timeout_s", 0.0)):
+        value = getattr(suite, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= lo:
+            raise LsbenchError(f"{where}: {key} must be a positive number, got {value!r}.")
+    if isinstance(suite.warmup, bool) or not isinstance(suite.warmup, int) or suite.warmup < 1:
+        raise LsbenchError(f"{where}: warmup must be an integer >= 1 (steps before measuring; "
+                           "a cold first step would distort memory and time).")
+    if len(set(suite.variants)) != len(suite.variants):
+        raise LsbenchError(f"{where}: variants lists a name twice; list each variant once.")
+    for name in suite.params:
+        if name not in variants.REGISTRY:
+            raise unknown_choice("variant", name, variants.REGISTRY, f"{where} [params.{name}]")
+    for name in suite.variants:
+        if name not in variants.REGISTRY:
+            raise unknown_choice("variant", name, variants.REGISTRY, where)
+        try:
+            variants.check(name, suite.d_model, suite.n_heads, suite.causal,
+                           **suite.params.get(name, {}))
+        except LsbenchError as e:
+            raise LsbenchError(f"{where}: {e}") from None
+
+
+def override(suite: Suite, **changes: Any) -> Suite:
+    """Apply CLI overrides (None = keep the suite's value) and validate the result."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "batch_sizes" in changes:
+        changes["batch_tokens"] = None
+    new = dataclasses.replace(suite, **changes)
+    validate(new, "the command line" if changes else suite.source)
+    return new
+
+
+# --- command-line value parsing ---------------------------------------------------------------
+
+def parse_list(option: str, text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise LsbenchError(f"{option} is empty; give comma-separated values, e.g. {option} a,b.")
+    return items
+
+
+def parse_int_list(option: str, text: str | None) -> list[int] | None:
+    items = parse_list(option, text)
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            raise LsbenchError(
+                f"{option}: {item!r} is not an integer; give comma-separated positive "
+                f"integers, e.g. {option} 128,256,512."
+            ) from None
+        if value <= 0:
+            raise LsbenchError(f"{option}: {value} is not positive; lengths and batch sizes "
+                               "must be >= 1.")
+        out.append(value)
+    return out
+
+
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+         "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+         "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'512MiB', '8GiB', '1.5GB', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in UNITS:
+        raise LsbenchError(
+            f"--mem-budget {text!r} is not a size; write a number with a unit, e.g. 512MiB, "
+            "8GiB or 2GB."
+        )
+    value = float(m.group(1)) * UNITS[m.group(2).lower()]
+    if value < 2**20:
+        raise LsbenchError(f"--mem-budget {text!r} is below 1 MiB; give e.g. 512MiB or 8GiB.")
+    return int(value)
+
+
+# --- `lsbench list suites` --------------------------------------------------------------------
+
+def list_rows() -> list[dict]:
+    rows = []
+    for name, path in builtin_suites().items():
+        suite = load_suite(str(path))
+        batches = (f"tokens/{suite.batch_tokens}" if suite.batch_tokens is not None
+                   else ",".join(map(str, suite.batch_sizes or [1])))
+        n_configs = len(suite.variants) * len(suite.modes) * sum(
+            len(suite.batches_for(n)) for n in suite.seq_lens)
+        rows.append({
+            "name": name,
+            "description": suite.description,
+            "variants": ",".join(suite.variants),
+            "seq_lens": f"{min(suite.seq_lens)}..{max(suite.seq_lens)} ({len(suite.seq_lens)})",
+            "batch": batches,
+            "modes": ",".join(suite.modes),
+            "dtype": suite.dtype,
+            "model": f"d={suite.d_model} h={suite.n_heads} L={suite.n_layers}",
+            "configs": n_configs,
+        })
+    return rows

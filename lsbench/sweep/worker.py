@@ -1,0 +1,407 @@
+"""Isolated execution of config units: a plain dict in, a plain dict of measurements out.
+
+`execute(unit)` runs one unit in the current process; `LocalExecutor` runs units in a reusable
+worker process (multiprocessing "spawn": safe with CUDA) so that an OOM, a segfault, a SIGKILL or
+a hang costs one row, never the sweep. The parent kills a worker that exceeds its timeout and
+starts a fresh one for the next unit. Units are JSON-able dicts, so another executor (several
+GPUs, a cluster) can run the same units.
+
+Units:
+    {"kind": "probe", "device", "dtype", "threads", "measure_peak": bool}
+        -> {"env", "threads", "free_mem_bytes", "total_mem_bytes", "machine_peak", "error"}
+    {"kind": "config", "config": {...grid config...}, "time_budget_s", "warmup", "threads"}
+        -> {"status", "reason", "latency_ms", ..., "peak_mem_mib", "peak_rss_mib", ...}
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+import psutil
+
+MIB = 2**20
+STARTUP_TIMEOUT_S = 300.0
+
+
+# --- inside the worker ----------------------------------------------------------------------
+
+class RssPeak:
+    """Peak resident set size during a block, minus the RSS when it starts.
+
+    Linux: reset the kernel's high-water mark (`echo 5 > /proc/self/clear_refs`) and read
+    `VmHWM` afterwards: exact. Elsewhere: sample RSS every millisecond in a thread (can miss
+    a very short spike).
+    """
+
+    def __init__(self) -> None:
+        self.delta_mib: float | None = None
+        self.method = ""
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._peak = 0
+
+    def __enter__(self) -> RssPeak:
+        self._base = self._proc.memory_info().rss
+        if _reset_hwm():
+            self.method = "VmHWM after clear_refs reset, minus RSS at start (per step)"
+        else:
+            self.method = "RSS sampled every 1 ms, minus RSS at start (per step)"
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method.startswith("VmHWM"):
+            peak = _read_hwm()
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._proc.memory_info().rss)
+        if peak is not None:
+            self.delta_mib = max(0.0, (peak - self._base) / MIB)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _read_hwm() is not None
+    except OSError:
+        return False
+
+
+def _read_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(s in text for s in (
+        "out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory"))
+
+
+def make_step(model, x, mode: str):
+    """The unit of work that is timed: one forward (inference) or one training step."""
+    import torch
+
+    if mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                return model(x)
+        return step
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def run_config(unit: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from lsbench.measure.memory import track_peak
+    from lsbench.measure.timing import time_step
+    from lsbench.models import Encoder, EncoderConfig
+
+    c = unit["config"]
+    device, dtype = torch.device(c["device"]), getattr(torch, c["dtype"])
+    B, N, D = c["batch_size"], c["seq_len"], c["d_model"]
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"], c["ffn_dim"],
+                                  c["causal"], dict(c["params"])))
+    model = model.to(device=device, dtype=dtype)
+    x = torch.randn(B, N, D, device=device, dtype=dtype)
+    step = make_step(model, x, c["mode"])
+    # Warm-up keeps one-time costs (lazy kernel init, AdamW's state, allocator growth) out of
+    # both the memory pass and the timed samples.
+    for _ in range(max(1, unit.get("warmup", 1))):
+        step()
+    with RssPeak() as rss, track_peak(device) as mem:
+        step()  # the memory pass, on its own
+    t = time_step(step, unit["time_budget_s"], unit["threads"])
+    flops = model.flops(B, N) * (3 if c["mode"] == "training" else 1)
+    return {
+        "status": "ok",
+        "reason": "noisy: IQR/median > 10%" if t.noisy else "",
+        "latency_ms": t.median_s * 1e3,
+        "latency_ms_iqr": t.iqr_s * 1e3,
+        "latency_ms_ci_low": t.ci_low_s * 1e3,
+        "latency_ms_ci_high": t.ci_high_s * 1e3,
+        "repeats": t.repeats,
+        "iters_per_sample": t.iters_per_sample,
+        "noisy": t.noisy,
+        "peak_mem_mib": mem.peak_mib,
+        "peak_rss_mib": rss.delta_mib if device.type == "cpu" else None,
+        "tokens_per_s": B * N / t.median_s,
+        "flops": flops,
+        "gflops_per_s": flops / t.median_s / 1e9,
+        "mem_method": mem.method,
+        "rss_method": rss.method if device.type == "cpu" else "",
+    }
+
+
+def probe(unit: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from lsbench.measure.env import fingerprint
+    from lsbench.measure.peak import matmul_peak_gflops
+
+    out: dict[str, Any] = {"error": None, "machine_peak": None,
+                           "threads": torch.get_num_threads()}
+    device = torch.device(unit["device"])
+    dtype = getattr(torch, unit["dtype"])
+    if device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            out["error"] = (f"device {device} does not exist ({torch.cuda.device_count()} "
+                            "CUDA devices); use --device cuda or cuda:0.")
+            return out
+        torch.cuda.set_device(device)
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            out["error"] = (f"{torch.cuda.get_device_name(device)} cannot run bfloat16; "
+                            "use --dtype float16 or float32.")
+            return out
+        free, total = torch.cuda.mem_get_info(device)
+    else:
+        vm = psutil.virtual_memory()
+        free, total = vm.available, vm.total
+    out.update(env=fingerprint(), free_mem_bytes=free, total_mem_bytes=total)
+    if device.type == "cuda":
+        out["memory_method"] = "torch.cuda.max_memory_allocated minus the step's baseline"
+        out["rss_method"] = ""
+    else:
+        out["memory_method"] = "dispatch-mode tracker of live tensor storages (peak_mem_mib)"
+        with RssPeak() as rss:
+            pass
+        out["rss_method"] = f"peak_rss_mib: {rss.method}"
+    if unit.get("measure_peak"):
+        out["machine_peak"] = matmul_peak_gflops(str(device), dtype, unit["threads"])
+    return out
+
+
+def execute(unit: dict[str, Any]) -> dict[str, Any]:
+    """Run one unit in this process; a failure becomes a row, never an exception."""
+    if unit.get("kind") == "probe":
+        return probe(unit)
+    try:
+        return run_config(unit)
+    except BaseException as e:  # noqa: BLE001 - every failure is a result
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        status = "oom" if is_oom(e) else "error"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {msg}"[:500]
+        detail = "".join(traceback.format_exception(e)[-3:])[-2000:]
+        del e
+        _free_memory(unit)
+        return {"status": status, "reason": reason, "traceback": detail}
+
+
+def _free_memory(unit: dict[str, Any]) -> None:
+    gc.collect()
+    if str(unit.get("config", {}).get("device", "cpu")).startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _serve(conn, threads: int) -> None:
+    """Worker process main loop: receive units, send results, until None or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        import torch
+
+        from lsbench.sweep.plugins import load_plugins
+
+        load_plugins()
+        torch.set_num_threads(threads)
+    except Exception as e:  # noqa: BLE001
+        conn.send({"ready": False, "error": f"{type(e).__name__}: {e}"})
+        return
+    conn.send({"ready": True, "pid": os.getpid()})
+    while True:
+        try:
+            unit = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if unit is None:
+            return
+        conn.send(execute(unit))
+
+
+# --- in the parent --------------------------------------------------------------------------
+
+class WorkerStartError(Exception):
+    pass
+
+
+class LocalExecutor:
+    """Runs units in one reusable spawned worker; restarts it after a crash or timeout."""
+
+    def __init__(self, threads: int, startup_timeout_s: float = STARTUP_TIMEOUT_S):
+        self.threads = threads
+        self.startup_timeout_s = startup_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self._busy = False
+        self.starts = 0
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child, self.threads), daemon=True,
+                                 name="lsbench-worker")
+        proc.start()
+        child.close()
+        self.starts += 1
+        if not parent.poll(self.startup_timeout_s):
+            _kill(proc)
+            raise WorkerStartError(
+                f"the worker process did not start within {self.startup_timeout_s:.0f} s")
+        try:
+            hello = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise WorkerStartError(
+                f"the worker process exited while starting ({_exit_text(proc.exitcode)})"
+            ) from None
+        if not hello.get("ready"):
+            proc.join(5)
+            raise WorkerStartError(f"the worker process failed to start: {hello.get('error')}")
+        self._proc, self._conn = proc, parent
+
+    def run(self, unit: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The worker's result dict, or a failure dict (timeout, worker death)."""
+        if self._proc is None or not self._proc.is_alive():
+            self._discard()
+            self._start()
+        try:
+            self._conn.send(unit)
+        except (BrokenPipeError, OSError):
+            self._discard()
+            self._start()
+            self._conn.send(unit)
+        self._busy = True
+        deadline = time.monotonic() + timeout_s
+        watch = _MemoryWatch(self._proc.pid)
+        while True:
+            if self._conn.poll(0.2):
+                try:
+                    result = self._conn.recv()
+                except (EOFError, OSError):
+                    break
+                self._busy = False
+                if _is_cuda(unit) and result.get("status") == "error":
+                    self._discard()  # a CUDA error can poison the context: start afresh
+                return result
+            if not self._proc.is_alive():
+                if self._conn.poll(0):
+                    continue
+                break
+            watch.sample()
+            if time.monotonic() > deadline:
+                self._discard()
+                return {"status": "timeout",
+                        "reason": f"no result within {timeout_s:g} s (--timeout); worker killed"}
+        self._proc.join(5)
+        code = self._proc.exitcode
+        self._discard()
+        return watch.death_row(code)
+
+    def _discard(self) -> None:
+        self._busy = False
+        if self._proc is not None:
+            _kill(self._proc)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive() and not self._busy:
+            try:
+                self._conn.send(None)
+                self._proc.join(5)
+            except (BrokenPipeError, OSError):
+                pass
+        self._discard()
+
+
+def _is_cuda(unit: dict[str, Any]) -> bool:
+    return str(unit.get("config", {}).get("device", "")).startswith("cuda")
+
+
+def _kill(proc) -> None:
+    if proc.is_alive():
+        proc.kill()
+    proc.join(10)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _MemoryWatch:
+    """Samples the worker's RSS and the machine's free RAM while a unit runs, so a worker that
+    the kernel's OOM killer took (SIGKILL while memory ran out) is recorded as `oom`."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.max_rss = 0
+        self.min_available = None
+
+    def sample(self) -> None:
+        try:
+            self.max_rss = max(self.max_rss, psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            pass
+        avail = psutil.virtual_memory().available
+        self.min_available = avail if self.min_available is None else min(self.min_available,
+                                                                          avail)
+
+    def death_row(self, code: int | None) -> dict[str, Any]:
+        total = psutil.virtual_memory().total
+        how = _exit_text(code)
+        if code == -signal.SIGKILL and (self.max_rss > 0.5 * total or (
+                self.min_available is not None and self.min_available < 0.05 * total)):
+            return {"status": "oom",
+                    "reason": f"worker {how} while RAM ran out (worker RSS up to "
+                              f"{self.max_rss / MIB:.0f} MiB, available down to "
+                              f"{(self.min_available or 0) / MIB:.0f} MiB): the kernel's OOM "
+                              "killer"}
+        return {"status": "error", "reason": f"worker process died: {how}"}
