@@ -356,3 +356,44 @@ def test_run_json_is_read_as_given(tmp_path):
     meta = json.loads((run / "run.json").read_text())
     assert load_run(run).meta == meta
     assert Path(load_run(run).path) == run.resolve()
+
+
+def test_extrapolation_failed_lengths_and_training_curve(tmp_path):
+    run = write_extrapolation_run(tmp_path / "ext", train_len=64, modes=("nonoverlapping",))
+    with open(run / "extrapolation.csv", "a") as f:  # as `lsbench extrapolate` writes an OOM
+        f.write("sinusoidal,64,2048,nonoverlapping,,0,,,oom,CPU out of memory\n")
+    (run / "training_curve.csv").write_text(
+        "position,step,tokens,loss,lr\n" + "".join(
+            f"{p},{i},{i * 256},{5 - i / 10},0.001\n" for p in ("alibi", "rotary")
+            for i in range(1, 21)))
+    loaded = load_run(run)
+    assert len(loaded.failed_evals) == 1 and not loaded.warnings
+    assert loaded.extrapolation["ppl"].notna().all()
+    result = build_report([run])
+    html = (run / "report.html").read_text()
+    assert "Failed evaluations" in html and "CPU out of memory" in html
+    assert [p.name for p in result.sections[0].plots] == ["extrapolation", "training_loss"]
+    assert "at 1,024 tokens (16×L) the best is alibi" in html
+
+
+@pytest.mark.slow
+def test_end_to_end_on_real_runs(tmp_path):
+    """The real writers (`lsbench run`, `lsbench extrapolate`) feed report and compare."""
+    run = tmp_path / "smoke"
+    res = runner.invoke(app, ["run", "--suite", "smoke", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    ext = tmp_path / "ext"
+    res = runner.invoke(app, ["extrapolate", "--train-len", "32", "--preset", "tiny",
+                              "--positions", "alibi,sinusoidal", "--eval-lens", "1x,2x,4x",
+                              "--out", str(ext)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(run), str(ext)])
+    assert res.exit_code == 0, res.output
+    html = parse((run / "report.html").read_text())
+    text = " ".join(html.text)
+    for name in ("transformer", "sdpa", "fastformer", "alibi", "sinusoidal"):
+        assert name in text
+    assert sum(t == "svg" for t, _ in html.tags) >= 5
+    res = runner.invoke(app, ["compare", str(run), str(run), "--fail-above", "1%"])
+    assert res.exit_code == 0, res.output
+    assert "no significant regression" in res.output

@@ -53,9 +53,11 @@ class Run:
     kind: str  # "run" (latency sweep) or "extrapolate"
     meta: dict[str, Any]
     rows: pd.DataFrame  # latency rows (empty for extrapolation runs)
-    extrapolation: pd.DataFrame
+    extrapolation: pd.DataFrame  # evaluated lengths (ppl present)
     training: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    failed_evals: pd.DataFrame = field(default_factory=pd.DataFrame)  # status != ok
+    curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # training_curve.csv
 
     @property
     def name(self) -> str:
@@ -80,7 +82,8 @@ class Run:
 
     @property
     def is_empty(self) -> bool:
-        return self.rows.empty and self.extrapolation.empty and self.training.empty
+        return (self.rows.empty and self.extrapolation.empty and self.training.empty
+                and self.failed_evals.empty)
 
 
 def load_run(path: str | Path) -> Run:
@@ -127,11 +130,22 @@ def load_run(path: str | Path) -> Run:
 
     rows = _read_latency(p, warnings) if kind == "run" else normalise_rows(pd.DataFrame())
     extrap = _read_csv(p / "extrapolation.csv", EXTRAPOLATION_COLUMNS, warnings,
-                       required=["position", "eval_len", "ppl"])
+                       required=["position", "eval_len"])
+    extrap["eval_mode"] = extrap["eval_mode"].fillna("nonoverlapping").astype(str)
+    # A length that could not be evaluated (e.g. out of memory) is a result with a status.
+    status = extrap["status"].fillna("ok").astype(str) if "status" in extrap else \
+        pd.Series("ok", index=extrap.index)
+    failed = extrap[status != "ok"]
+    cut = extrap[(status == "ok") & extrap["ppl"].isna()]
+    if len(cut):
+        warnings.append(f"extrapolation.csv: {len(cut)} row(s) without a perplexity skipped "
+                        "(interrupted while writing?).")
+    extrap = extrap[(status == "ok") & extrap["ppl"].notna()].reset_index(drop=True)
     training = _read_csv(p / "training.csv", TRAINING_COLUMNS, warnings, required=["position"])
-    if not extrap.empty:
-        extrap["eval_mode"] = extrap["eval_mode"].fillna("nonoverlapping").astype(str)
-    return Run(p, given, kind, meta, rows, extrap, training, warnings)
+    curve = _read_csv(p / "training_curve.csv", ["position", "step", "tokens", "loss"],
+                      warnings, required=["position", "loss"])
+    return Run(p, given, kind, meta, rows, extrap, training, warnings,
+               failed.reset_index(drop=True), curve)
 
 
 def _read_meta(p: Path, given: str, warnings: list[str]) -> dict[str, Any]:

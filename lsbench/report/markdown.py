@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import lsbench
-from lsbench.report.views import Section, TableView
+from lsbench.report.views import Cell, Section, TableView
 
 
 def md_escape(text: str) -> str:
@@ -22,11 +22,16 @@ def md_table(t: TableView) -> str:
     lines = ["| " + " | ".join(md_escape(c) for c in t.columns) + " |",
              "|" + "|".join("---:" if r else "---" for r in right) + "|"]
     for row in t.rows:
-        lines.append("| " + " | ".join(md_escape(c.text) for c in row) + " |")
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     out = "\n".join(lines) + "\n"
     if t.caption:
         out += f"\n_{md_escape(t.caption)}_\n"
     return out
+
+
+def _md_cell(c: Cell) -> str:
+    text = md_escape(c.text)
+    return f"**{text}**" if text and "best" in c.cls.split() else text
 
 
 def render_markdown(sections: list[Section], title: str, out_file: Path | None) -> str:

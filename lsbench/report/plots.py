@@ -215,7 +215,7 @@ def _format_axes(ax, ylabel: str | None, xlabel: str | None, log_y: bool = True)
         ax.set_ylabel(ylabel, fontsize=9)
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=9)
-    ax.tick_params(labelsize=8)
+    ax.tick_params(which="both", labelsize=8)
 
 
 def _num_tick(y: float, _pos) -> str:
@@ -264,6 +264,32 @@ def extrapolation_figure(ex: pd.DataFrame) -> plt.Figure | None:
                      "evaluation length" if r == len(train_lens) - 1 else None)
     fig.suptitle("Perplexity vs evaluation length (train short, test long)", fontsize=11,
                  y=1 - 0.15 / fig.get_figheight())
+    fig.legend(handles=[_variant_handle(n) for n in names], loc="center right", fontsize=8,
+               frameon=False)
+    return fig
+
+
+def training_curve_figure(curve: pd.DataFrame) -> plt.Figure | None:
+    """Training loss vs tokens seen, one line per position method (smoothed; raw faint)."""
+    curve = curve.dropna(subset=["loss"])
+    if curve.empty:
+        return None
+    x = "tokens" if curve["tokens"].notna().all() else "step"
+    fig, axes = _grid(1, 1)
+    ax = axes[0][0]
+    for name in ordered(curve["position"].astype(str).unique(), KNOWN_POSITIONS):
+        c = curve[curve["position"].astype(str) == name].sort_values(x)
+        color, _ = style(name)
+        window = max(1, len(c) // 25)
+        ax.plot(c[x], c["loss"], color=color, alpha=0.2, linewidth=0.8)
+        ax.plot(c[x], c["loss"].rolling(window, min_periods=1).mean(), color=color,
+                linewidth=1.6)
+    ax.grid(True, alpha=0.3)
+    ax.set_xlabel("training tokens" if x == "tokens" else "step", fontsize=9)
+    ax.set_ylabel("training loss (nats / token)", fontsize=9)
+    ax.tick_params(which="both", labelsize=8)
+    fig.suptitle("Training loss", fontsize=11, y=1 - 0.15 / fig.get_figheight())
+    names = ordered(curve["position"].astype(str).unique(), KNOWN_POSITIONS)
     fig.legend(handles=[_variant_handle(n) for n in names], loc="center right", fontsize=8,
                frameon=False)
     return fig

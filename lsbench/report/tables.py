@@ -375,6 +375,25 @@ def _extrapolation_table(train_len: int, mode: str, sub: pd.DataFrame) -> Extrap
     return ExtrapolationTable(train_len, mode, ppl, summary, ratio_label, notes)
 
 
+def extrapolation_headlines(tabs: list[ExtrapolationTable]) -> list[str]:
+    """Per table: the best method at the longest evaluated length, and the worst blow-up."""
+    out = []
+    for t in tabs:
+        if t.ppl.empty:
+            continue
+        n = max(t.ppl.columns)
+        at_n = t.ppl[n].dropna().sort_values()
+        if at_n.empty:
+            continue
+        line = (f"{t.eval_mode}, trained at L={t.train_len:,}: at {n:,} tokens "
+                f"({n / t.train_len:g}×L) the best is {at_n.index[0]} "
+                f"(ppl {fmt_num(at_n.iloc[0])})")
+        if len(at_n) > 1:
+            line += f", the worst {at_n.index[-1]} (ppl {fmt_num(at_n.iloc[-1])})"
+        out.append(line + ".")
+    return out
+
+
 # --- formatting ---------------------------------------------------------------------------
 
 def fmt_num(x, digits: int = 3) -> str:

@@ -173,7 +173,7 @@ def write_extrapolation_run(path: str | Path, train_len: int = 128,
     with open(path / "extrapolation.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["position", "train_len", "eval_len", "eval_mode", "stride",
-                    "tokens_scored", "loss", "ppl"])
+                    "tokens_scored", "loss", "ppl", "status", "reason"])
         for mode in modes:
             for pos in positions:
                 ppl0, growth = EXTRAPOLATION_MODEL.get(pos, (20.0, 1.2))
@@ -182,7 +182,8 @@ def write_extrapolation_run(path: str | Path, train_len: int = 128,
                     ppl = ppl0 * growth ** max(0.0, math.log2(m)) * (0.97 if mode == "sliding"
                                                                      else 1.0)
                     stride = n // 2 if mode == "sliding" else n
-                    w.writerow([pos, train_len, n, mode, stride, 50_000, math.log(ppl), ppl])
+                    w.writerow([pos, train_len, n, mode, stride, 50_000, math.log(ppl), ppl,
+                                "ok", ""])
     with open(path / "training.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["position", "train_len", "params", "tokens_trained", "train_time_s",

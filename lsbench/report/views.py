@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lsbench.report import plots, tables
@@ -86,20 +87,17 @@ Fmt = Callable[[Any], str]
 
 
 def frame_view(df: pd.DataFrame, tid: str, title: str, columns: dict[str, tuple[str, Fmt]],
-               caption: str = "", row_class: Callable[[pd.Series], str] | None = None
-               ) -> TableView:
+               caption: str = "") -> TableView:
     """Rows of `df` shown through `columns`: {column: (heading, formatter)}."""
     heads = [h for h, _ in columns.values()]
     rows = []
     for _, r in df.iterrows():
-        extra = row_class(r) if row_class else ""
         cells = []
         for col, (_, fmt) in columns.items():
             value = r.get(col)
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
             sort = float(value) if numeric and pd.notna(value) else None
-            cls = ("num" if numeric else "") + (f" {extra}" if extra else "")
-            cells.append(Cell(fmt(value), cls.strip(), sort))
+            cells.append(Cell(fmt(value), "num" if numeric else "", sort))
         rows.append(cells)
     return TableView(tid, title, heads, rows, caption)
 
@@ -166,8 +164,11 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         {"variant": ("variant", _text), "mode": ("mode", _text),
          "batch_size": ("batch", _int), "seq_len": ("N", _int), "status": ("status", _text),
          "reason": ("reason", _text), "predicted_mem_mib": ("predicted MiB", _num)},
-        "A failure is a result: OOM and skipped rows mark where a variant stops fitting.",
-        row_class=lambda r: f"st-{_css(r['status'])}") if not rows.empty else None
+        "A failure is a result: OOM and skipped rows mark where a variant stops fitting."
+    ) if not rows.empty else None
+    if sec.failures is not None:
+        for row in sec.failures.rows:  # colour the status cell
+            row[4].cls = f"st-{_css(row[4].text)}"
     sec.noisy = frame_view(
         tables.noisy_rows(rows), f"{anchor}-noisy", "Noisy measurements",
         {"variant": ("variant", _text), "mode": ("mode", _text),
@@ -292,7 +293,9 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
             "ALiBi Fig. 1 style: each position method trained at L (dashed line), evaluated "
             "at longer lengths. Lower is better; a method that extrapolates stays flat.",
             plot_dir))
-    for i, t in enumerate(tables.extrapolation_tables(ex)):
+    tabs = tables.extrapolation_tables(ex)
+    sec.headlines = tables.extrapolation_headlines(tabs)
+    for i, t in enumerate(tabs):
         cols = ["position"] + [f"{n:,}" for n in t.ppl.columns] + [
             "best length", t.ratio_label]
         rows = []
@@ -318,9 +321,26 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
         lead = ["train_len", "eval_mode", "position"]
         sec.exports[f"extrapolation-{slug(t.eval_mode)}-L{t.train_len}"] = export[
             lead + [c for c in export.columns if c not in lead]]
+    if not run.failed_evals.empty:
+        fe = run.failed_evals.sort_values(["position", "eval_mode", "eval_len"])
+        sec.failures = frame_view(
+            fe, f"{anchor}-failed", "Failed evaluations",
+            {"position": ("position", _text), "train_len": ("L", _int),
+             "eval_mode": ("mode", _text), "eval_len": ("length", _int),
+             "status": ("status", _text), "reason": ("reason", _text)},
+            "Lengths that could not be evaluated; they are missing from the table above.")
+        for row in sec.failures.rows:
+            row[4].cls = f"st-{_css(row[4].text)}"
+    fig = plots.training_curve_figure(run.curve) if plot_dir and not run.curve.empty else None
+    if fig is not None:
+        sec.plots.append(plots.render(
+            fig, "training_loss", "Training loss",
+            "Loss on the training stream while training at L (faint: every step; solid: "
+            "running mean). Methods should end close together; a method far above the rest "
+            "did not train as well, and its extrapolation numbers mean less.", plot_dir))
     if not run.training.empty:
         tr = run.training
-        view = frame_view(tr, f"{anchor}-training", "Training", {
+        view = frame_view(tr, f"{anchor}-training", "Per position method", {
             "position": ("position", _text), "train_len": ("L", _int),
             "params": ("params", _int), "tokens_trained": ("tokens", _int),
             "train_time_s": ("time s", _num), "tokens_per_s": ("tokens/s", _num),
@@ -351,11 +371,10 @@ def _common(sec: Section, run: Run) -> None:
         ("run directory", str(run.path)),
         ("kind", run.kind),
         ("suite" if run.kind == "run" else "preset",
-         str(meta.get("suite") or meta.get("preset") or "")),
+         _env_value(meta.get("suite") or meta.get("preset") or "")),
         ("lsbench version", str(meta.get("lsbench_version") or "")),
         ("device", f"{meta.get('device') or ''} · {run.device_name}"),
-        ("machine peak", f"{fmt_num(meta['machine_peak_gflops'])} GFLOP/s (measured matmul)"
-         if meta.get("machine_peak_gflops") else ""),
+        ("machine peak", _peak(meta)),
         ("started", str(meta.get("started_at") or "")),
         ("finished", str(meta.get("finished_at") or "not finished")),
     ]
@@ -365,15 +384,30 @@ def _common(sec: Section, run: Run) -> None:
         trust.append(("threads", ", ".join(str(int(t)) for t in sorted(threads))))
         if not reps.empty:
             trust.append(("timed repeats", f"{int(reps.min())}–{int(reps.max())} per config"))
+    # Everything else the run recorded about itself (timing/memory methods, budgets, ...).
+    shown = {"kind", "suite", "preset", "lsbench_version", "device", "device_name",
+             "machine_peak_gflops", "machine_peak", "started_at", "finished_at", "threads", "env",
+             "suite_config", "corpus", "args", "command", "synthetic"}
+    trust += [(k.replace("_", " "), _env_value(v)) for k, v in meta.items() if k not in shown]
     sec.trust = [(k, v) for k, v in trust if v]
     sec.env = [(k, _env_value(v)) for k, v in run.env.items()]
+
+
+def _peak(meta: dict[str, Any]) -> str:
+    if not meta.get("machine_peak_gflops"):
+        return ""
+    detail = meta.get("machine_peak")
+    how = detail.get("method") if isinstance(detail, dict) else None
+    return f"{fmt_num(meta['machine_peak_gflops'])} GFLOP/s ({how or 'measured matmul'})"
 
 
 def _env_value(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, dict):
-        return ", ".join(f"{k}={'—' if x is None else x}" for k, x in v.items())
+        return ", ".join(f"{k}={'—' if x is None else _env_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return json.dumps(v, default=str) if v else "none"
     return str(v)
 
 
