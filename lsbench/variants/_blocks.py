@@ -74,6 +74,10 @@ def banded_attention(
     Queries with no allowed key at all output zeros (e.g. the first tokens of a causal pooled
     level), so they never average over masked values.
     Returns (B, H, N, Dh).
+
+    Each block is one "batch" entry of `scaled_dot_product_attention` (fused kernel: the
+    (L, S) scores of a block live only in its tiles) and the key windows are strided views of
+    the padded keys, so nothing of size N×S is copied except when `extra` keys are prepended.
     """
     B, H, N, Dh = q.shape
     L, S = band.shape
@@ -83,33 +87,28 @@ def banded_attention(
     left = max(0, -k_start)
     right = max(0, k_start + (nb - 1) * k_step + S - Nk)
     start = k_start + left
-    k = F.pad(k, (0, 0, left, right))
-    v = F.pad(v, (0, 0, left, right))
-    key_valid = F.pad(key_valid, (left, right), value=False)
-
-    kw = k[:, :, start:].unfold(2, S, k_step)[:, :, :nb]  # (B, H, nb, Dh, S) strided view
-    vw = v[:, :, start:].unfold(2, S, k_step)[:, :, :nb].transpose(-1, -2)  # (B, H, nb, S, Dh)
-    valid = key_valid[:, start:].unfold(1, S, k_step)[:, :nb]  # (B, nb, S)
-    allowed = band & valid[:, None, :, None, :]  # (B, 1, nb, L, S)
-
-    qb = q.view(B, H, nb, L, Dh)
-    scores = qb @ kw  # (B, H, nb, L, S)
-    neg = torch.finfo(scores.dtype).min
-    scores.masked_fill_(~allowed, neg)
-    has_key = allowed.any(-1)  # (B, 1, nb, L)
-    if extra is None:
-        probs = F.softmax(scores, dim=-1)
-        y = probs @ vw  # (B, H, nb, L, Dh)
-    else:
+    k = F.pad(k, (0, 0, left, right))[:, :, start:]
+    v = F.pad(v, (0, 0, left, right))[:, :, start:]
+    key_valid = F.pad(key_valid, (left, right), value=False)[:, start:]
+    valid = key_valid.unfold(1, S, k_step)[:, :nb]  # (B, nb, S)
+    allowed = band & valid[:, :, None, :]  # (B, nb, L, S)
+    if extra is not None:
         k_x, v_x, valid_x = extra
         G = k_x.shape[2]
-        sx = (q @ k_x.transpose(-1, -2)).view(B, H, nb, L, G)  # (B, H, nb, L, G)
-        sx.masked_fill_(~valid_x[:, None, None, None, :], neg)
-        has_key = has_key | valid_x.any(-1)[:, None, None, None]
-        probs = F.softmax(torch.cat([sx, scores], dim=-1), dim=-1)  # (B, H, nb, L, G + S)
-        y = probs[..., G:] @ vw + (probs[..., :G].reshape(B, H, N, G) @ v_x).view(B, H, nb, L, Dh)
-    y = y * has_key[..., None].to(y.dtype)
-    return y.reshape(B, H, N, Dh)
+        allowed = torch.cat([valid_x[:, None, None, :].expand(B, nb, L, G), allowed], dim=-1)
+    has_key = allowed.any(-1)  # (B, nb, L)
+    ys = []
+    for b in range(B):  # per sequence, so the windows stay views (blocks become the batch)
+        qb = q[b].view(H, nb, L, Dh).transpose(0, 1)  # (nb, H, L, Dh)
+        kb = k[b].unfold(1, S, k_step)[:, :nb].permute(1, 0, 3, 2)  # (nb, H, S, Dh) view
+        vb = v[b].unfold(1, S, k_step)[:, :nb].permute(1, 0, 3, 2)
+        if extra is not None:
+            kb = torch.cat([k_x[b, None].expand(nb, H, G, Dh), kb], dim=2)  # (nb, H, G+S, Dh)
+            vb = torch.cat([v_x[b, None].expand(nb, H, G, Dh), vb], dim=2)
+        yb = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed[b, :, None], scale=1.0)
+        ys.append(yb.transpose(0, 1).reshape(H, N, Dh))  # (H, N, Dh)
+    y = torch.stack(ys)  # (B, H, N, Dh)
+    return torch.where(has_key.view(B, 1, N, 1), y, 0.0)
 
 
 def sliding_window_attention(

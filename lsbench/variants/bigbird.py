@@ -138,32 +138,26 @@ class BigBird(QKVAttention):
         valid = key_validity(mask, B, N, nb * b, x.device)  # (B, nb·b)
         idx, slot_ok, glob, slot, is_glob = self._batch_pattern(valid, b, nb)
 
-        bi = torch.arange(B, device=x.device)[:, None, None]
-        kb = k.view(B, H, nb, b, Dh).transpose(1, 2)  # (B, nb, H, b, Dh)
-        vb = v.view(B, H, nb, b, Dh).transpose(1, 2)
         K = idx.shape[-1]
-        k_sel = kb[bi, idx].permute(0, 3, 1, 2, 4, 5).reshape(B, H, nb, K * b, Dh)
-        v_sel = vb[bi, idx].permute(0, 3, 1, 2, 4, 5).reshape(B, H, nb, K * b, Dh)
-        key_ok = valid.view(B, nb, b)[bi, idx] & slot_ok[..., None]  # (B, nb, K, b)
-
-        scores = q.view(B, H, nb, b, Dh) @ k_sel.transpose(-1, -2)  # (B, H, nb, b, K·b)
-        neg = torch.finfo(scores.dtype).min
-        scores.masked_fill_(~key_ok.view(B, 1, nb, 1, K * b), neg)
-        y = F.softmax(scores, dim=-1) @ v_sel  # (B, H, nb, b, Dh)
-
-        if glob.shape[1]:
-            # global query blocks attend to every valid token
-            G = glob.shape[1]
-            bg = bi[:, :, 0]  # (B, 1)
-            qg = q.view(B, H, nb, b, Dh).transpose(1, 2)[bg, glob]  # (B, G, H, b, Dh)
-            qg = qg.transpose(1, 2).reshape(B, H, G * b, Dh)
-            sg = qg @ k.transpose(-1, -2)  # (B, H, G·b, nb·b)
-            sg.masked_fill_(~valid[:, None, None, :], neg)
-            yg = (F.softmax(sg, dim=-1) @ v).view(B, H, G, b, Dh)
-            yg = yg.transpose(1, 2)[bg, slot].transpose(1, 2)  # (B, H, nb, b, Dh)
-            y = torch.where(is_glob[:, None, :, None, None], yg, y)
-        y = y.reshape(B, H, nb * b, Dh)[:, :, :N]
-        return self.out(merge_heads(y))
+        key_ok = valid.view(B, nb, b)[torch.arange(B, device=x.device)[:, None, None], idx]
+        key_ok = (key_ok & slot_ok[..., None]).view(B, nb, 1, 1, K * b)  # (B, nb, 1, 1, K·b)
+        ys = []
+        for i in range(B):  # per sequence: the blocks become the batch of one fused SDPA call
+            qb = q[i].view(H, nb, b, Dh).transpose(0, 1)  # (nb, H, b, Dh)
+            sel = idx[i].flatten()  # (nb·K,) key block ids, query block by query block
+            kb = k[i].view(H, nb, b, Dh).index_select(1, sel).view(H, nb, K * b, Dh)
+            vb = v[i].view(H, nb, b, Dh).index_select(1, sel).view(H, nb, K * b, Dh)
+            y = F.scaled_dot_product_attention(qb, kb.transpose(0, 1), vb.transpose(0, 1),
+                                               attn_mask=key_ok[i], scale=1.0)
+            y = y.transpose(0, 1)  # (H, nb, b, Dh)
+            if glob.shape[1]:  # global query blocks attend to every valid token
+                qg = q[i].view(H, nb, b, Dh).index_select(1, glob[i]).view(1, H, -1, Dh)
+                yg = F.scaled_dot_product_attention(qg, k[i, None], v[i, None], scale=1.0,
+                                                    attn_mask=valid[i, None, None, None])
+                yg = yg.view(H, -1, b, Dh).index_select(1, slot[i])  # (H, nb, b, Dh)
+                y = torch.where(is_glob[i, None, :, None, None], yg, y)
+            ys.append(y.reshape(H, nb * b, Dh)[:, :N])
+        return self.out(merge_heads(torch.stack(ys)))  # (B, N, D)
 
     def _batch_pattern(self, valid: torch.Tensor, b: int, nb: int):
         """Per-sequence patterns, each for the blocks up to its last real token.
