@@ -4,10 +4,12 @@ Shape legend: B batch, H heads, Dh head dim, N (padded) query length, L queries 
 nb = N // L blocks, S keys per block (the span), G extra keys every query sees (global tokens).
 
 Queries are cut into blocks of L; block c looks at one contiguous span of S keys starting at
-`k_start + c * k_step`, gathered with `unfold` (a strided view, no copy) — so the scores are
-(B, H, nb, L, S), O(N·S) memory, never N×N. A (L, S) boolean `band` says which (query, key) pairs
-inside a block's span are allowed; it is the same for every block because the span slides with
-the block. This is the "split into chunks, attend to the neighbouring chunks" scheme of
+`k_start + c * k_step`, gathered with `unfold` (a strided view, no copy). A (L, S) boolean
+`band` says which (query, key) pairs inside a block's span are allowed; it is the same for every
+block because the span slides with the block. The blocks are the batch of one
+`scaled_dot_product_attention` call per sequence: with the fused CPU/CUDA kernels the (L, S)
+scores exist only tile by tile; with the math fallback they are (nb, H, L, S) — O(N·S) either
+way, never N×N. This is the "split into chunks, attend to the neighbouring chunks" scheme of
 Longformer's `sliding_chunks` (https://arxiv.org/abs/2004.05150, §3), with chunk = query block.
 """
 

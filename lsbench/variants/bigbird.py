@@ -16,7 +16,8 @@ identical in training and evaluation and across calls. With a padding mask, "the
 the pattern are those of each sequence's real length (blocks up to its last real token), so a
 sequence gives the same output however much padding follows it.
 
-Simplified: attention is computed at block granularity with gathers (HF's hand-written
+Simplified: each query block's K key blocks are gathered (index_select) and all blocks of a
+sequence go through one fused `scaled_dot_product_attention` call (HF's hand-written
 rolled/blocked kernels are an optimisation of the same pattern); no causal version; HF falls
 back to full attention for short inputs, here the same sparse pattern is used at every length
 (at small lengths it already covers every block). Memory O(N·b·(3+g+r)) + O(g·b·N).
@@ -111,6 +112,7 @@ class BigBird(QKVAttention):
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
         b, g, K = cls._sizes(seq_len, params)
+        # upper bound: scores as the math SDPA kernel keeps them (the fused kernels keep tiles)
         scores = batch_size * n_heads * (seq_len * K * b + g * b * seq_len)
         gathered = 2.0 * batch_size * seq_len * K * d_model  # selected key and value blocks
         return 3.0 * scores + 2.0 * gathered + 8.0 * batch_size * seq_len * d_model

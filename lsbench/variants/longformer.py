@@ -72,7 +72,8 @@ class Longformer(QKVAttention):
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
         span = cls._keys_per_query(seq_len, params, computed=True)
-        # scores + probabilities (+ their grads in training), plus q/k/v/out activations
+        # upper bound: banded scores + probabilities (+ grads) as the math SDPA kernel keeps
+        # them (the fused kernels keep only tiles), plus q/k/v/out activations
         return 3.0 * batch_size * n_heads * seq_len * span + 8.0 * batch_size * seq_len * d_model
 
     @classmethod

@@ -109,6 +109,7 @@ class Poolingformer(QKVAttention):
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
         s1, s2 = cls._spans(seq_len, params)
+        # upper bound: both levels' scores as the math SDPA kernel keeps them (fused: tiles)
         scores = 3.0 * batch_size * n_heads * seq_len * (s1 + s2)
         return scores + 14.0 * batch_size * seq_len * d_model
 
