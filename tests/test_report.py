@@ -397,3 +397,13 @@ def test_end_to_end_on_real_runs(tmp_path):
     res = runner.invoke(app, ["compare", str(run), str(run), "--fail-above", "1%"])
     assert res.exit_code == 0, res.output
     assert "no significant regression" in res.output
+
+
+def test_one_figure_set_per_setting(tmp_path):
+    rows = (model_rows(["transformer", "linear"], [256, 512], modes=("inference",))
+            + model_rows(["transformer", "linear"], [256, 512], modes=("inference",),
+                         dtype="bfloat16"))
+    result = build_report([write_latency_run(tmp_path / "r", rows)])
+    names = [p.name for p in result.sections[0].plots]
+    assert names[:2] == ["latency-bfloat16", "memory-bfloat16"]
+    assert "latency-float32" in names and len(names) == 8

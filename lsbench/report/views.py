@@ -148,7 +148,9 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
     sec.headlines = tables.headlines(rows)
     sets = tables.settings(rows)
     for i, (setting, sub) in enumerate(sets):
-        suffix = "" if len(sets) == 1 else f"-{slug(tables.setting_label(setting))}"
+        # File names carry only what differs between settings (e.g. latency-bfloat16.svg).
+        varying = [c for c in tables.SETTING_COLUMNS if len({str(x[c]) for x, _ in sets}) > 1]
+        suffix = "".join(f"-{slug(setting[c])}" for c in varying)
         where = tables.setting_label(setting)
         for metric, (title, _, _) in plots.METRICS.items() if plot_dir else ():
             fig = plots.metric_figure(sub, metric, f"{title} · {where}")
@@ -253,8 +255,12 @@ def _crossover_view(cross: pd.DataFrame, tid: str) -> TableView:
     bases = list(dict.fromkeys(cross["vs"]))
     cols = ["mode", "batch", "variant"] + [f"faster than {b} from N" for b in bases] + ["note"]
     rows = []
-    for (mode, batch, variant), g in cross.groupby(["mode", "batch_size", "variant"],
-                                                   sort=False):
+    order = {v: i for i, v in enumerate(tables.ordered(cross["variant"].unique()))}
+    modes = {m: i for i, m in enumerate(dict.fromkeys(cross["mode"]))}  # already in order
+    cross = cross.assign(_o=cross["variant"].map(order), _m=cross["mode"].map(modes))
+    cross = cross.sort_values(["_m", "batch_size", "_o"], kind="stable")
+    for (mode, batch, _, variant), g in cross.groupby(["mode", "batch_size", "_o", "variant"],
+                                                      sort=False):
         by_base = g.set_index("vs")
         row = [Cell(mode), Cell(_int(batch), "num", batch), Cell(variant, "name")]
         for b in bases:
@@ -383,7 +389,8 @@ def _common(sec: Section, run: Run) -> None:
         reps = run.rows["repeats"].dropna()
         trust.append(("threads", ", ".join(str(int(t)) for t in sorted(threads))))
         if not reps.empty:
-            trust.append(("timed repeats", f"{int(reps.min())}–{int(reps.max())} per config"))
+            lo, hi = int(reps.min()), int(reps.max())
+            trust.append(("timed repeats", f"{lo}{'' if lo == hi else f'–{hi}'} per config"))
     # Everything else the run recorded about itself (timing/memory methods, budgets, ...).
     shown = {"kind", "suite", "preset", "lsbench_version", "device", "device_name",
              "machine_peak_gflops", "machine_peak", "started_at", "finished_at", "threads", "env",
