@@ -186,8 +186,10 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
     """Run the plan's remaining configs; every finished config is on disk before the next."""
     from lsbench.measure.env import device_name
 
-    executor = executor or LocalExecutor(plan.threads)
     store, suite = plan.store, plan.suite
+    if plan.resume_info is not None and not plan.todo:
+        return _finish_without_work(plan, events)
+    executor = executor or LocalExecutor(plan.threads)
     info: dict[str, Any] = {}
     written = complete = False
     new_rows = 0
@@ -280,6 +282,17 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             info["finished_at"] = now_iso() if complete else None
             store.write_info(info)
     return Outcome(plan.run_dir, list(store.rows), new_rows, complete, info)
+
+
+def _finish_without_work(plan: Plan, events: Events) -> Outcome:
+    """A resumed run with every config recorded: no worker, nothing measured or mixed."""
+    info = plan.resume_info
+    events.status(f"all {len(plan.configs)} configs are already recorded in {plan.run_dir}")
+    if not info.get("finished_at"):
+        plan.store.repair_tail()
+        info.update(status="complete", finished_at=now_iso())
+        plan.store.write_info(info)
+    return Outcome(plan.run_dir, list(plan.store.rows), 0, True, info)
 
 
 def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:

@@ -240,6 +240,12 @@ def _serve(conn, threads: int) -> None:
     try:
         import torch
 
+        # Import everything a unit needs now, so no unit's timeout pays for imports.
+        import lsbench.measure.env  # noqa: F401
+        import lsbench.measure.memory  # noqa: F401
+        import lsbench.measure.peak  # noqa: F401
+        import lsbench.measure.timing  # noqa: F401
+        import lsbench.models  # noqa: F401
         from lsbench.sweep.plugins import load_plugins
 
         load_plugins()
