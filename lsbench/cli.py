@@ -553,16 +553,17 @@ class ReportFormat(str, Enum):
 def report(
     run_dirs: Annotated[list[str], typer.Argument(
         help="Run directories written by `lsbench run` or `lsbench extrapolate` "
-             "(e.g. reports/latest).", show_default=False)],
+             "(e.g. reports/latest).", show_default=False, metavar="RUN_DIR")],
     html: Annotated[str | None, typer.Option(
-        "--html", help="Where to write the HTML page [default: RUN_DIR/report.html].",
-        show_default=False)] = None,
+        "--html", help="Where to write the HTML page (default: RUN_DIR/report.html).",
+        show_default=False, metavar="FILE")] = None,
     fmt: Annotated[ReportFormat, typer.Option(
         "--format", "-f", help="html: one self-contained page; md: GitHub Markdown tables "
         "with PNG plot links; csv: the pivot and summary tables.")] = ReportFormat.html,
     out: Annotated[str | None, typer.Option(
         "--out", "-o", help="Output for md (a file, or - to print it) or csv (a directory) "
-        "[default: RUN_DIR/report.md, RUN_DIR/tables/].", show_default=False)] = None,
+        "(default: RUN_DIR/report.md, RUN_DIR/tables/).", show_default=False,
+        metavar="PATH")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the HTML page in a browser.")]
     = False,
 ) -> None:
@@ -610,19 +611,20 @@ def _size(n: int) -> str:
 @friendly
 def compare(
     run_a: Annotated[str, typer.Argument(help="The baseline run directory.",
-                                         show_default=False)],
-    run_b: Annotated[str, typer.Argument(help="The new run directory.", show_default=False)],
+                                         show_default=False, metavar="RUN_A")],
+    run_b: Annotated[str, typer.Argument(help="The new run directory.", show_default=False,
+                                         metavar="RUN_B")],
     fail_above: Annotated[str | None, typer.Option(
         "--fail-above", help="Exit 2 when any significant slowdown or memory growth exceeds "
         "this, e.g. 5% (for CI); a config that ran in A but fails in B counts too.",
-        show_default=False)] = None,
+        show_default=False, metavar="PCT")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Compare runs from different devices anyway.")] = False,
     limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 40,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
     csv_file: Annotated[str | None, typer.Option(
         "--csv", help="Also write every compared config to this CSV file.",
-        show_default=False)] = None,
+        show_default=False, metavar="FILE")] = None,
 ) -> None:
     """Which configurations got faster or slower from RUN_A to RUN_B, with significance.
 
