@@ -16,7 +16,7 @@ from lsbench.variants.base import REGISTRY, Variant
 
 # Auto-discovery: importing each module registers the Variant subclasses it defines.
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
+    if _mod.name != "base" and not _mod.name.startswith("_"):  # _helpers register nothing
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 

@@ -60,8 +60,9 @@ class Variant(nn.Module):
                   params: dict[str, Any]) -> float:
         """Predicted number of activation elements one forward keeps alive (dominant term).
 
-        `params` are merged with `defaults`. Used only to decide what to skip before running; reported as a prediction, never as a
-        measurement. The default is linear in N; quadratic or windowed variants override it.
+        `params` are merged with `defaults`. Used only to decide what to skip before running;
+        reported as a prediction, never as a measurement.
+        The default is linear in N; quadratic or windowed variants override it.
         """
         return 8.0 * batch_size * seq_len * d_model
 
