@@ -65,13 +65,23 @@ def summarise(samples_s: Sequence[float], iters_per_sample: int) -> TimingResult
                         iters_per_sample, [float(s) for s in samples_s])
 
 
+MIN_SAMPLES = 3  # a spread needs a few samples ...
+MAX_STRETCH = 5.0  # ... worth stretching the budget up to this factor for
+
+
 def time_step(step: Callable[[], Any], budget_s: float, threads: int,
-              threshold: float = NOISE_LIMIT, min_run_time_s: float | None = None) -> TimingResult:
-    """Time `step()` for at most ~`budget_s` seconds of samples (the block-size estimate, which
-    also warms up, comes on top). Stops early once IQR/median < `threshold` (>= 4 samples)."""
+              step_s: float | None = None, threshold: float = NOISE_LIMIT) -> TimingResult:
+    """Time `step()` for about `budget_s` seconds of samples (the block-size estimate, which
+    also warms up, comes on top); stop early once IQR/median < `threshold` (>= 4 samples).
+
+    `step_s`, one step's duration seen in the warm-up, stretches the budget so that slow steps
+    still get MIN_SAMPLES samples, up to MAX_STRETCH × budget; beyond that fewer samples are
+    taken and the row's `repeats` says so.
+    """
     timer = Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    if min_run_time_s is None:
-        min_run_time_s = min(0.1, budget_s)
-    m = timer.adaptive_autorange(threshold=threshold, min_run_time=min_run_time_s,
-                                 max_run_time=budget_s)
+    max_run_time = budget_s
+    if step_s is not None:
+        max_run_time = min(max(budget_s, MIN_SAMPLES * step_s), MAX_STRETCH * budget_s)
+    m = timer.adaptive_autorange(threshold=threshold, min_run_time=min(0.1, budget_s),
+                                 max_run_time=max_run_time)
     return summarise(m.times, m.number_per_run)

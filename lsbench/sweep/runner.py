@@ -240,8 +240,13 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                 "status": "running",
                 "resumes": [],
             }
+        busy = _busy_cpu_warning(plan, probe)
+        if busy:
+            events.status(f"warning: {busy}")
         budget, budget_rule = _mem_budget(plan, probe)
-        budget_info = {"mem_budget_mib": round(budget / MIB, 1), "mem_budget_rule": budget_rule}
+        budget_info = {"mem_budget_mib": round(budget / MIB, 1), "mem_budget_rule": budget_rule,
+                       "cpu_load_at_start": probe.get("cpu_load"), "warnings": [busy] if busy
+                       else []}
         if plan.resume_info is None:
             info.update(budget_info)
             store.create(info)
@@ -309,6 +314,18 @@ def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:
     if probe.get("error"):
         raise LsbenchError(probe["error"])
     return probe
+
+
+def _busy_cpu_warning(plan: Plan, probe: dict[str, Any]) -> str:
+    """Other processes competing for the CPU inflate timings (multi-threaded ones the most)."""
+    load, env = probe.get("cpu_load"), probe.get("env") or {}
+    cores = env.get("cpu_affinity") or env.get("cpu_cores_logical") or 1
+    if not load or load[0] < cores:
+        return ""
+    return (f"the CPU is busy (load average {load[0]:.1f} on {cores} cores): timings will be "
+            "inflated and noisy" + (", and multi-threaded steps stall waiting for busy cores; "
+                                    "try --threads 1 or a quiet machine" if plan.threads > 1
+                                    else "; use a quiet machine for numbers to publish"))
 
 
 def _mem_budget(plan: Plan, probe: dict[str, Any]) -> tuple[float, str]:

@@ -287,12 +287,11 @@ def list_rows() -> list[dict]:
         rows.append({
             "name": name,
             "description": suite.description,
-            "variants": ",".join(suite.variants),
-            "seq_lens": f"{min(suite.seq_lens)}..{max(suite.seq_lens)} ({len(suite.seq_lens)})",
+            "variants": len(suite.variants),
+            "seq_lens": f"{min(suite.seq_lens)}..{max(suite.seq_lens)}",
             "batch": batches,
-            "modes": ",".join(suite.modes),
-            "dtype": suite.dtype,
-            "model": f"d={suite.d_model} h={suite.n_heads} L={suite.n_layers}",
+            "modes": ",".join(m[:5] for m in suite.modes),
+            "model": f"d{suite.d_model} h{suite.n_heads} L{suite.n_layers} {suite.dtype}",
             "configs": n_configs,
         })
     return rows

@@ -128,9 +128,10 @@ def make_step(model, x, mode: str):
 
 def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     import torch
+    from torch.utils.benchmark.utils.timer import timer as clock
 
     from lsbench.measure.memory import track_peak
-    from lsbench.measure.timing import time_step
+    from lsbench.measure.timing import MIN_SAMPLES, time_step
     from lsbench.models import Encoder, EncoderConfig
 
     c = unit["config"]
@@ -145,14 +146,16 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     # Warm-up keeps one-time costs (lazy kernel init, AdamW's state, allocator growth) out of
     # both the memory pass and the timed samples.
     for _ in range(max(1, unit.get("warmup", 1))):
+        t0 = clock()
         step()
+        step_s = clock() - t0  # synchronised on accelerators
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
-    t = time_step(step, unit["time_budget_s"], unit["threads"])
+    t = time_step(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
     flops = model.flops(B, N) * (3 if c["mode"] == "training" else 1)
     return {
         "status": "ok",
-        "reason": "noisy: IQR/median > 10%" if t.noisy else "",
+        "reason": _timing_note(t.repeats, t.noisy, MIN_SAMPLES),
         "latency_ms": t.median_s * 1e3,
         "latency_ms_iqr": t.iqr_s * 1e3,
         "latency_ms_ci_low": t.ci_low_s * 1e3,
@@ -168,6 +171,13 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "mem_method": mem.method,
         "rss_method": rss.method if device.type == "cpu" else "",
     }
+
+
+def _timing_note(repeats: int, noisy: bool, min_samples: int) -> str:
+    if repeats < min_samples:
+        return (f"only {repeats} timed sample(s): one step outlasts the time budget, so the "
+                "spread and CI say little")
+    return "noisy: IQR/median > 10%" if noisy else ""
 
 
 def probe(unit: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +204,8 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
     else:
         vm = psutil.virtual_memory()
         free, total = vm.available, vm.total
-    out.update(env=fingerprint(), free_mem_bytes=free, total_mem_bytes=total)
+    out.update(env=fingerprint(), free_mem_bytes=free, total_mem_bytes=total,
+               cpu_load=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     if device.type == "cuda":
         out["memory_method"] = "torch.cuda.max_memory_allocated minus the step's baseline"
         out["rss_method"] = ""
