@@ -4,8 +4,8 @@
     outcome = execute(plan, events, should_stop)         # rows on disk as each config ends
 
 Before a config runs, its memory is predicted from the variant's complexity; configs over the
-budget are recorded as `skipped` with the prediction, and after an `oom` at (variant, mode, B, N)
-the larger N of that group are `skipped` without trying.
+budget are recorded as `skipped` with the prediction, and after an `oom` (or a `timeout`) at
+(variant, mode, B, N) the larger N of that group are `skipped` without trying.
 """
 
 from __future__ import annotations
@@ -259,12 +259,12 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
 
         todo = plan.todo
         events.start(plan, len(todo))
-        oom_at = _oom_groups(store.rows)
+        limits = _size_limits(store.rows)
         for i, cfg in enumerate(todo):
             if should_stop():
                 break
             predicted = grid.predict_mem_bytes(cfg)
-            result = _skip_reason(cfg, predicted, budget, oom_at)
+            result = _skip_reason(cfg, predicted, budget, limits)
             if result is None:
                 events.config(cfg, i, len(todo))
                 result = executor.run(_unit(plan, cfg), plan.timeout_s)
@@ -272,9 +272,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                            predicted_mem_mib=round(predicted / MIB, 2))
             if row["status"] == "ok" and peak:
                 row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
-            if row["status"] == "oom":
-                key = grid.oom_group(cfg)
-                oom_at[key] = min(oom_at.get(key, cfg["seq_len"]), cfg["seq_len"])
+            _note_limit(limits, row)
             store.append(row)
             new_rows += 1
             events.row(row)
@@ -338,28 +336,37 @@ def _mem_budget(plan: Plan, probe: dict[str, Any]) -> tuple[float, str]:
     return frac * probe["free_mem_bytes"], f"{frac:.0%} of {what} at start"
 
 
+LIMIT_TEXT = {"oom": "ran out of memory", "timeout": "timed out (--timeout)"}
+
+
 def _skip_reason(cfg: dict[str, Any], predicted: float, budget: float,
-                 oom_at: dict[tuple, int]) -> dict[str, Any] | None:
+                 limits: dict[tuple, tuple[int, str]]) -> dict[str, Any] | None:
     if predicted > budget:
         return {"status": "skipped",
                 "reason": f"predicted {predicted / MIB:,.0f} MiB > memory budget "
                           f"{budget / MIB:,.0f} MiB (--mem-budget)"}
-    smallest = oom_at.get(grid.oom_group(cfg))
-    if smallest is not None and cfg["seq_len"] > smallest:
+    limit = limits.get(grid.oom_group(cfg))
+    if limit is not None and cfg["seq_len"] > limit[0]:
         return {"status": "skipped",
-                "reason": f"ran out of memory at N={smallest} (same variant, mode and batch "
-                          "rule); larger N not tried"}
+                "reason": f"{LIMIT_TEXT[limit[1]]} at N={limit[0]} (same variant, mode and "
+                          "batch rule); larger N not tried"}
     return None
 
 
-def _oom_groups(rows: list[dict[str, Any]]) -> dict[tuple, int]:
-    """Rebuild the OOM follow-up rule from recorded rows (for --resume)."""
-    oom_at: dict[tuple, int] = {}
+def _note_limit(limits: dict[tuple, tuple[int, str]], row: dict[str, Any]) -> None:
+    """After an oom or a timeout at N, larger N of the same group would only fail slower."""
+    if row.get("status") in LIMIT_TEXT and row.get("params") is not None:
+        key = grid.oom_group(row)
+        if key not in limits or row["seq_len"] < limits[key][0]:
+            limits[key] = (row["seq_len"], row["status"])
+
+
+def _size_limits(rows: list[dict[str, Any]]) -> dict[tuple, tuple[int, str]]:
+    """Rebuild the follow-up skips from recorded rows (for --resume)."""
+    limits: dict[tuple, tuple[int, str]] = {}
     for r in rows:
-        if r.get("status") == "oom" and r.get("params") is not None:
-            key = grid.oom_group(r)
-            oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
-    return oom_at
+        _note_limit(limits, r)
+    return limits
 
 
 def _unit(plan: Plan, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -195,7 +195,8 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
             out["error"] = (f"device {device} does not exist ({torch.cuda.device_count()} "
                             "CUDA devices); use --device cuda or cuda:0.")
             return out
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             out["error"] = (f"{torch.cuda.get_device_name(device)} cannot run bfloat16; "
                             "use --dtype float16 or float32.")
