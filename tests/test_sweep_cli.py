@@ -341,3 +341,25 @@ def test_help_documents_plugins_and_resume():
     result = runner.invoke(app, ["run", "--help"])
     assert result.exit_code == 0
     assert "LSBENCH_PLUGINS" in result.output and "--resume" in result.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_the_current_config(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from lsbench.cli import app; app()", "run", "--suite", "smoke",
+           "--seq-lens", "16,32,64,128", "--out", str(out), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    jsonl = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            jsonl.exists() and len(jsonl.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: parent and worker
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert f"lsbench run --resume {out}" in output.replace("\n", "")
+    rows = rows_of(out)  # every line complete JSON
+    assert 2 <= len(rows) < 24
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["finished_at"] is None

@@ -153,7 +153,8 @@ def _plan_resume(req: RunRequest) -> Plan:
             f"--resume continues the recorded sweep, so {flags} cannot change it; drop "
             f"{flags}, or start a new run with --out DIR."
         )
-    store = RunStore.open(req.resume)
+    run_dir = req.resume.resolve() if req.resume.is_symlink() else req.resume  # reports/latest
+    store = RunStore.open(run_dir)
     info = store.read_info()
     suite = Suite.from_dict(info["suite_config"], f"{req.resume}/run.json")
     device = resolve_device(str(info.get("device") or suite.device))
@@ -161,7 +162,7 @@ def _plan_resume(req: RunRequest) -> Plan:
     threads = int(info.get("threads") or 1)
     timeout_s = req.timeout_s or float(info.get("timeout_s") or suite.timeout_s)
     plan = Plan(req, suite, device, threads, timeout_s, grid.build_grid(suite, device),
-                req.resume, store, resume_info=info, warnings=list(store.warnings))
+                run_dir, store, resume_info=info, warnings=list(store.warnings))
     unknown = {r["config_id"] for r in store.rows} - {c["config_id"] for c in plan.configs}
     if unknown:
         plan.warnings.append(

@@ -214,7 +214,7 @@ def default_run_dir(root: Path, suite_name: str) -> Path:
 def update_latest(run_dir: Path) -> Path:
     """Point `<parent>/latest` at `run_dir` (relative link, replaced atomically)."""
     link = run_dir.parent / "latest"
-    if link.exists() and not link.is_symlink():
+    if run_dir.name == "latest" or (link.exists() and not link.is_symlink()):
         return link  # a real file or directory named latest: leave it alone
     tmp = run_dir.parent / f".latest.{os.getpid()}.tmp"
     if tmp.is_symlink():
