@@ -437,7 +437,7 @@ class _ExtrapolateView:
         nb = corpus["n_bytes"]
         console.print(
             f"[bold]extrapolate[/] L={args['train_len']}: {', '.join(args['positions'])} on "
-            f"{args['device']} ({args['threads']} threads), preset [bold]{preset['name']}[/] "
+            f"{args['device']} (threads: {args['threads']}), preset [bold]{preset['name']}[/] "
             f"(d_model={preset['d_model']}, layers={preset['n_layers']}, heads="
             f"{preset['n_heads']}), {args['train_tokens']:,} tokens / {args['train_steps']} "
             f"steps each", highlight=False)

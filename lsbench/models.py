@@ -143,7 +143,8 @@ class CausalSelfAttention(nn.Module):
             y = torch.cat([
                 # a 4-D mask keeps SDPA on its fused kernel (a 3-D one falls back to the math path)
                 F.scaled_dot_product_attention(
-                    q[:, :, s:e], k[:, :, :e], v[:, :, :e], attn_mask=bias_fn(s, e)[None]
+                    q[:, :, s:e], k[:, :, :e], v[:, :, :e],
+                    attn_mask=bias_fn(s, e)[None].to(q.dtype),  # no copy unless under autocast
                 )  # (B, H, C, Dh): keys after the chunk's last query are all masked, so skipped
                 for s, e in self.chunks(N)
             ], dim=2)
