@@ -535,6 +535,9 @@ def _print_extrapolation(result) -> None:
                       "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.1f}",
                       f"{r['final_train_loss']}")
     console.print(table)
+    load = result.run.get("load_avg_1m", {})
+    console.print(f"wall time {result.run['wall_time_s']:.0f} s (1-min load average "
+                  f"{load.get('start')} at start, {load.get('end')} at the end)", highlight=False)
     for name in ("run.json", "extrapolation.csv", "training.csv"):
         console.print(f"wrote {result.out / name}", highlight=False)
 

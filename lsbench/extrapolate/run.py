@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -144,6 +145,13 @@ def default_out(root: Path = Path("reports")) -> Path:
     return root / f"{datetime.now():%Y%m%d-%H%M%S}-extrapolate"
 
 
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -253,7 +261,10 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
     run = {"kind": "extrapolate", "command": command, "args": args, "env": fingerprint(),
            "lsbench_version": lsbench.__version__, "corpus": data.info(), "preset": p.as_dict(),
            "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-           "finished_at": None}
+           "finished_at": None, "wall_time_s": None,
+           # other processes competing for the CPU make every timing slower: keep the evidence
+           "load_avg_1m": {"start": _load_avg(), "end": None}}
+    t0 = time.perf_counter()
     _write_json(out / "run.json", run)
     result = ExtrapolationResult(out=out, run=run)
     events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict())
@@ -284,6 +295,8 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
         del model
 
     run["finished_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    run["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    run["load_avg_1m"]["end"] = _load_avg()
     _write_json(out / "run.json", run)
     events("finish", out=str(out))
     return result
