@@ -349,7 +349,7 @@ def extrapolate_cmd(
         "--train-len", "-L", help="Training length L (tokens = bytes).")] = 512,
     positions_: Annotated[str | None, typer.Option(
         "--positions", help="Comma-separated position methods (`lsbench list positions`) "
-        "[default: sinusoidal,rotary,t5,alibi].", show_default=False)] = None,
+        "\\[default: sinusoidal,rotary,t5,alibi].", show_default=False)] = None,
     corpus: Annotated[str, typer.Option(
         "--corpus", help="Built-in corpus (`lsbench list corpora`) or a text file/directory.")
     ] = "stdlib",
@@ -357,14 +357,14 @@ def extrapolate_cmd(
         "--out", "-o", help="Run directory (default reports/<timestamp>-extrapolate); an "
         "existing one resumes from its checkpoints.", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="tiny (seconds), cpu (< 20 min on 2 cores) or gpu [default: gpu on "
+        "--preset", help="tiny (seconds), cpu (< 20 min on 2 cores) or gpu \\[default: gpu on "
         "CUDA, else cpu].", show_default=False)] = None,
     eval_lens: Annotated[str | None, typer.Option(
         "--eval-lens", help="Comma-separated eval lengths: tokens (512,1024) or multiples of L "
-        "(1x,2x,16x) [default: 1x,1.5x,2x,4x,8x,16x].", show_default=False)] = None,
+        "(1x,2x,16x) \\[default: 1x,1.5x,2x,4x,8x,16x].", show_default=False)] = None,
     stride: Annotated[int | None, typer.Option(
         "--stride", help="Sliding-window stride S (score the last S tokens of each window); 0 "
-        "skips sliding evaluation [default: L/2].", show_default=False)] = None,
+        "skips sliding evaluation \\[default: L/2].", show_default=False)] = None,
     eval_only: Annotated[bool, typer.Option(
         "--eval-only", help="Only evaluate the finished checkpoints in --out.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",

@@ -162,6 +162,7 @@ def test_cli_tiny_end_to_end_and_eval_only_reproduces(tmp_path):
     assert "perplexity, trained at L=16, nonoverlapping" in res.output
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "extrapolate" and run["finished_at"] and run["env"]["torch"]
+    assert run["wall_time_s"] > 0 and run["args"]["positions"] == PAPER
     assert run["corpus"]["name"] == "stdlib" and len(run["corpus"]["files_sha256"]) == 64
     assert run["command"].startswith("lsbench extrapolate --train-len 16")
     rows = read_csv(out / "extrapolation.csv")
