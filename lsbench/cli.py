@@ -68,12 +68,27 @@ def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=title, show_lines=False)
-    for col in rows[0] if rows else []:
-        table.add_column(col.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row.values()))
-    console.print(table)
+    cells = [[_cell(v) for v in row.values()] for row in rows]
+    cols = [c.replace("_", " ") for c in (rows[0] if rows else [])]
+    widest = sum(max([len(c)] + [len(r[i]) for r in cells]) + 3 for i, c in enumerate(cols))
+    if widest <= console.width:
+        table = Table(title=title)
+        for col in cols:
+            table.add_column(col)
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        return
+    # Too wide for this terminal: one key/value card per entry rather than a crushed table.
+    console.print(f"[bold]{title}[/]")
+    for row in cells:
+        card = Table(show_header=False, box=None, padding=(0, 1))
+        card.add_column(style="bold", no_wrap=True)
+        card.add_column(overflow="fold")
+        for col, value in zip(cols[1:], row[1:], strict=True):
+            card.add_row(col, value)
+        console.print(f"\n[bold cyan]{row[0]}[/]")
+        console.print(card)
 
 
 def _cell(value) -> str:
