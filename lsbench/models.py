@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lsbench import variants
+from lsbench import positions, variants
+from lsbench.errors import LsbenchError
 
 
 @dataclass
@@ -39,10 +41,14 @@ class FFN(nn.Sequential):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(ln(x)), then x + ffn(ln(x)), the same for every variant."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
+        params = dict(cfg.params)
+        if "seed" in variants.get(cfg.variant).defaults:
+            # each layer its own random pattern (BigBird draws one per layer), reproducibly
+            params["seed"] = params.get("seed", variants.get(cfg.variant).defaults["seed"]) + layer
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = variants.build(cfg.variant, cfg.d_model, cfg.n_heads, cfg.causal, **cfg.params)
+        self.attn = variants.build(cfg.variant, cfg.d_model, cfg.n_heads, cfg.causal, **params)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FFN(cfg.d_model, cfg.ffn_dim)
 
@@ -57,7 +63,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,10 +83,6 @@ class Encoder(nn.Module):
 # --- Causal LM for `lsbench extrapolate` ---------------------------------------------------
 # Shape legend: H heads, Dh head dim, V vocabulary, C query-chunk length.
 
-import torch.nn.functional as F  # noqa: E402
-
-from lsbench import positions  # noqa: E402
-from lsbench.errors import LsbenchError  # noqa: E402
 
 
 @dataclass
