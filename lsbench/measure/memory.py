@@ -61,11 +61,24 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak = max(self.peak, self.live)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # A view (weight.t(), x.view(...)) or an in-place / out= op (AdamW's param.addcdiv_)
+        # returns a storage one of its inputs already had: no new memory. Without this check,
+        # parameters and optimizer state touched by the step would count as allocated by it.
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_sparse}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
                 self._track(t)
         return out
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # sparse or storage-less tensors
+        return None
 
 
 def peak_rss_mib() -> float:
