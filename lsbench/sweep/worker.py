@@ -100,7 +100,8 @@ def is_oom(e: BaseException) -> bool:
         return True
     text = str(e).lower()
     return isinstance(e, RuntimeError) and any(s in text for s in (
-        "out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory"))
+        "out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+        "status_alloc_failed"))  # CUBLAS_/CUDNN_STATUS_ALLOC_FAILED: a GPU out of memory
 
 
 def make_step(model, x, mode: str):
@@ -136,6 +137,10 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
 
     c = unit["config"]
     device, dtype = torch.device(c["device"]), getattr(torch, c["dtype"])
+    if device.type == "cuda" and device.index is not None:
+        # torch.utils.benchmark's clock synchronises the *current* device only: make it ours
+        # (a restarted worker never ran the probe's set_device).
+        torch.cuda.set_device(device)
     B, N, D = c["batch_size"], c["seq_len"], c["d_model"]
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"], c["ffn_dim"],
@@ -149,6 +154,10 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         t0 = clock()
         step()
         step_s = clock() - t0  # synchronised on accelerators
+    # The step allocates its gradients afresh (zero_grad(set_to_none=True) first): drop the
+    # warm-up's before the baseline, so the CUDA number (peak minus baseline) counts them as
+    # the CPU tracker (new storages only) does, instead of netting them out.
+    model.zero_grad(set_to_none=True)
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
     t = time_step(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
@@ -160,6 +169,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "latency_ms_iqr": t.iqr_s * 1e3,
         "latency_ms_ci_low": t.ci_low_s * 1e3,
         "latency_ms_ci_high": t.ci_high_s * 1e3,
+        "latency_ci_level": round(t.ci_level, 4),
         "repeats": t.repeats,
         "iters_per_sample": t.iters_per_sample,
         "noisy": t.noisy,
@@ -223,27 +233,40 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
 def execute(unit: dict[str, Any]) -> dict[str, Any]:
     """Run one unit in this process; a failure becomes a row, never an exception."""
     if unit.get("kind") == "probe":
-        return probe(unit)
+        try:
+            return probe(unit)
+        except Exception as e:  # noqa: BLE001 - reported by the parent as a clean error
+            return {"error": f"probing the device failed: {_failure(e)['reason']}"}
     try:
-        return run_config(unit)
+        result = run_config(unit)
     except BaseException as e:  # noqa: BLE001 - every failure is a result
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
-        status = "oom" if is_oom(e) else "error"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        reason = f"{type(e).__name__}: {msg}"[:500]
-        detail = "".join(traceback.format_exception(e)[-3:])[-2000:]
-        del e
-        _free_memory(unit)
-        return {"status": status, "reason": reason, "traceback": detail}
+        result = _failure(e)
+    # Outside the except block: the exception and its traceback, whose frames hold the model,
+    # the inputs and the activations, are gone, so their memory can really be freed here.
+    _free_memory(unit)
+    return result
+
+
+def _failure(e: BaseException) -> dict[str, Any]:
+    status = "oom" if is_oom(e) else "error"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    reason = f"{type(e).__name__}: {msg}"[:500]
+    detail = "".join(traceback.format_exception(e)[-3:])[-2000:]
+    return {"status": status, "reason": reason, "traceback": detail}
 
 
 def _free_memory(unit: dict[str, Any]) -> None:
+    """After every config (the worker is reused): nothing of it may weigh on the next one."""
     gc.collect()
-    if str(unit.get("config", {}).get("device", "cpu")).startswith("cuda"):
+    if _is_cuda(unit):
         import torch
 
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a sticky CUDA error: the row says so; the parent restarts us
+            pass
 
 
 def _serve(conn, threads: int) -> None:
@@ -338,8 +361,10 @@ class LocalExecutor:
                 except (EOFError, OSError):
                     break
                 self._busy = False
-                if _is_cuda(unit) and result.get("status") == "error":
-                    self._discard()  # a CUDA error can poison the context: start afresh
+                if _is_cuda(unit) and result.get("status") in ("error", "oom"):
+                    # a CUDA error can poison the context, an OOM leave the allocator
+                    # fragmented: the next config starts in a fresh process
+                    self._discard()
                 return result
             if not self._proc.is_alive():
                 if self._conn.poll(0):
