@@ -1,6 +1,7 @@
 """The machine's dense matmul peak, measured once per run, so rows can show % of peak.
 
-A square matmul of a few sizes in the run's dtype and thread count; the best achieved GFLOP/s
+A square matmul of a few sizes in the run's dtype and thread count (torch.utils.benchmark's clock
+synchronises CUDA around every block); the best achieved GFLOP/s
 (2·n³ FLOPs per product, fastest timed block, so that a moment of contention on a shared machine
 does not lower the ceiling) is the peak. It is a practical ceiling for this software stack, not the
 vendor's datasheet number.
@@ -27,6 +28,8 @@ def matmul_peak_gflops(device: str, dtype: torch.dtype, threads: int,
         m = timer.blocked_autorange(min_run_time=budget_s / len(sizes))
         per_size[n] = 2.0 * n**3 / min(m.times) / 1e9  # a peak: the fastest block
         del a, b
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # give the worker's first config the memory back
     best = max(per_size, key=per_size.get)
     return {
         "gflops": per_size[best],

@@ -49,7 +49,7 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
         batch_rules = [(None, suite.batch_tokens)]
     else:
         batch_rules = [(b, None) for b in (suite.batch_sizes or [1])]
-    configs = []
+    configs, seen = [], set()
     for mode in suite.modes:
         for fixed, tokens in batch_rules:
             for seq_len in sorted(suite.seq_lens):
@@ -71,7 +71,9 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
                         "batch_tokens": tokens,
                     }
                     cfg["config_id"] = config_id(cfg)
-                    configs.append(cfg)
+                    if cfg["config_id"] not in seen:  # --seq-lens 128,128: measure it once
+                        seen.add(cfg["config_id"])
+                        configs.append(cfg)
     return configs
 
 

@@ -30,8 +30,9 @@ ENV_KEYS = ("hostname", "cpu_model", "torch", "python")
 GRID_OPTIONS = ("suite", "variants", "seq_lens", "batch_sizes", "modes", "dtype", "device",
                 "threads")
 TIMING_METHOD = ("torch.utils.benchmark.Timer.adaptive_autorange (IQR/median < 10% or the time "
-                 "budget); samples are per-step means of a block; median, IQR, 95% CI of the "
-                 "median by order statistics (binomial)")
+                 "budget), topped up to 6 blocks while the budget allows; samples are per-step "
+                 "means of a block; median, IQR, 95% CI of the median by order statistics "
+                 "(binomial; latency_ci_level is its exact coverage, below 0.95 under 6 samples)")
 
 
 @dataclass
@@ -264,14 +265,24 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
         for i, cfg in enumerate(todo):
             if should_stop():
                 break
-            predicted = grid.predict_mem_bytes(cfg)
+            try:
+                predicted = grid.predict_mem_bytes(cfg)
+            except Exception:  # noqa: BLE001 - a plugin's mem_elems: no prediction, no skip
+                predicted = None
             result = _skip_reason(cfg, predicted, budget, limits)
             if result is None:
                 events.config(cfg, i, len(todo))
-                result = executor.run(_unit(plan, cfg), plan.timeout_s)
+                try:
+                    result = executor.run(_unit(plan, cfg), plan.timeout_s)
+                except WorkerStartError as e:  # not this config's fault: record nothing
+                    raise LsbenchError(
+                        f"cannot restart the measurement worker ({e}); the {new_rows} rows "
+                        f"measured so far are saved. Continue later with `lsbench run --resume "
+                        f"{plan.run_dir}`.") from None
             row = make_row(cfg, result, threads=plan.threads,
-                           predicted_mem_mib=round(predicted / MIB, 2))
-            if row["status"] == "ok" and peak:
+                           predicted_mem_mib=None if predicted is None
+                           else round(predicted / MIB, 2))
+            if row["status"] == "ok" and peak and row.get("gflops_per_s") is not None:
                 row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
             _note_limit(limits, row)
             store.append(row)
@@ -340,9 +351,9 @@ def _mem_budget(plan: Plan, probe: dict[str, Any]) -> tuple[float, str]:
 LIMIT_TEXT = {"oom": "ran out of memory", "timeout": "timed out (--timeout)"}
 
 
-def _skip_reason(cfg: dict[str, Any], predicted: float, budget: float,
+def _skip_reason(cfg: dict[str, Any], predicted: float | None, budget: float,
                  limits: dict[tuple, tuple[int, str]]) -> dict[str, Any] | None:
-    if predicted > budget:
+    if predicted is not None and predicted > budget:
         return {"status": "skipped",
                 "reason": f"predicted {predicted / MIB:,.0f} MiB > memory budget "
                           f"{budget / MIB:,.0f} MiB (--mem-budget)"}
