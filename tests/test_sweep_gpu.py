@@ -93,3 +93,136 @@ def test_cuda_memory_relations():
 
     assert peak("transformer", 4096) >= 3 * peak("transformer", 2048)
     assert peak("fastformer", 4096) <= 2.5 * peak("fastformer", 2048)
+
+
+# --- measurement correctness on CUDA (catch unsynchronised timing, leaks between configs) --------
+
+def _event_ms(fn, repeats=5):
+    """Best of a few CUDA-event timings of fn(): the GPU's own clock, immune to async launches."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end))
+    return best
+
+
+def test_cuda_timing_waits_for_the_gpu():
+    """A step that only launches a ~2 ms GPU kernel: unsynchronised timing would see the
+    microseconds of the launch (or, once the launch queue is full, one huge block)."""
+    from lsbench.measure.timing import CI_SAMPLES, _time_block, time_step
+
+    cycles = 1_000_000
+    cycles = int(cycles * 2.0 / _event_ms(lambda: torch.cuda._sleep(cycles)))  # about 2 ms
+    kernel_ms = _event_ms(lambda: torch.cuda._sleep(cycles))
+
+    def step():
+        torch.cuda._sleep(cycles)
+
+    t = time_step(step, budget_s=2.0, threads=1)
+    assert 0.85 * kernel_ms <= t.median_s * 1e3 <= 1.2 * kernel_ms, (t, kernel_ms)
+    assert t.repeats >= CI_SAMPLES and t.iters_per_sample <= 1000
+    one = _time_block(step, 1, 1) * 1e3  # the top-up blocks use the same synchronising clock
+    assert 0.85 * kernel_ms <= one <= 2 * kernel_ms, (one, kernel_ms)
+
+
+def test_cuda_machine_peak_is_synchronised_and_in_the_run_dtype():
+    from lsbench.measure.peak import matmul_peak_gflops
+
+    for dtype in (torch.float32, torch.bfloat16 if torch.cuda.is_bf16_supported()
+                  else torch.float16):
+        peak = matmul_peak_gflops("cuda", dtype, threads=1, budget_s=0.6)
+        n = 4096
+        a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+        measured = 2 * n**3 / (_event_ms(lambda a=a, b=b: a @ b) / 1e3) / 1e9
+        # the peak is the best of three sizes, so at least this one; an unsynchronised timer
+        # would report launch rate (many times the event-timed figure)
+        assert 0.8 * measured <= peak["gflops"] <= 2.0 * measured, (dtype, peak, measured)
+        assert str(dtype) in peak["method"]
+
+
+def _cfg(variant, n, mode="inference", d=64, ffn=256, dtype="float32", device="cuda", **params):
+    return {"kind": "config", "time_budget_s": 0.05, "warmup": 1, "threads": 1,
+            "config": {"variant": variant, "params": params, "mode": mode, "dtype": dtype,
+                       "device": device, "batch_size": 1, "seq_len": n, "d_model": d,
+                       "n_heads": 8, "n_layers": 1, "ffn_dim": ffn, "causal": False}}
+
+
+def test_cuda_training_memory_counts_the_steps_gradients():
+    from lsbench.sweep.worker import run_config
+
+    d, ffn = 1024, 4096  # ~48 MiB of weights; N = 8, so activations are negligible
+    params_mib = 4 * (4 * d * d + 2 * d * ffn) / 2**20
+    peak = run_config(_cfg("fastformer", 8, mode="training", d=d, ffn=ffn))["peak_mem_mib"]
+    # While AdamW (foreach) steps, the fresh gradients (P) and its sqrt(v) temporaries (P) are
+    # alive together: ~2P above the baseline. A baseline that still held the warm-up's
+    # gradients nets them out and shows ~P (and the CPU tracker would disagree).
+    assert peak >= 1.5 * params_mib, (peak, params_mib)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_half_precision_steps_run(dtype):
+    from lsbench.sweep.worker import execute
+
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    for mode in ("inference", "training"):
+        r = execute(_cfg("transformer", 256, mode=mode, dtype=dtype))
+        assert r["status"] == "ok", r
+        assert r["peak_mem_mib"] > 0 and r["latency_ms"] > 0
+
+
+def test_cuda_memory_is_released_after_each_config_even_after_oom():
+    """The worker is reused: one config's tensors (kept alive by an exception's traceback, say)
+    must not stay allocated or cached into the next config."""
+    from lsbench.sweep.worker import execute
+    from lsbench.variants import REGISTRY
+    from lsbench.variants.base import Variant
+
+    before = dict(REGISTRY)
+
+    class LeakyHog(Variant):
+        name = "test_cuda_leaky_hog"
+
+        def __init__(self, d_model, n_heads, causal=False, **params):
+            super().__init__(d_model, n_heads, causal, **params)
+            self.proj = torch.nn.Linear(d_model, d_model)
+
+        def forward(self, x, mask=None):
+            held = torch.empty(2**30, dtype=torch.uint8, device=x.device)  # 1 GiB in this frame
+            torch.empty(2**45, dtype=torch.uint8, device=x.device)  # then a real CUDA OOM
+            return self.proj(x) + held[0]
+
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        ok = execute(_cfg("transformer", 2048))
+        assert ok["status"] == "ok", ok
+        assert torch.cuda.memory_allocated() == allocated
+        oom = execute(_cfg("test_cuda_leaky_hog", 64))
+        assert oom["status"] == "oom", oom
+        assert torch.cuda.memory_allocated() == allocated
+        assert torch.cuda.memory_reserved() <= reserved + 64 * 2**20  # the 1 GiB went back
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(before)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_config_on_a_second_device_makes_it_current():
+    """torch.utils.benchmark synchronises the current device only; a config on cuda:1 in a
+    fresh worker must switch to it, or its timings would not wait for its kernels."""
+    from lsbench.sweep.worker import run_config
+
+    last = torch.cuda.device_count() - 1
+    previous = torch.cuda.current_device()
+    try:
+        r = run_config(_cfg("transformer", 256, device=f"cuda:{last}"))
+        assert r["status"] == "ok" and torch.cuda.current_device() == last
+    finally:
+        torch.cuda.set_device(previous)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lsbench.errors import LsbenchError
-from lsbench.measure.timing import median_ci, summarise
+from lsbench.measure.timing import CI_SAMPLES, median_ci, median_ci_level, summarise, time_step
 from lsbench.sweep import grid, store, suite
 from lsbench.sweep.worker import is_oom, run_config
 
@@ -137,6 +137,13 @@ def test_max_len_follows_seq_len_unless_set(tmp_path):
     assert [c["params"]["max_len"] for c in lin] == [64, 64]
 
 
+def test_repeated_values_give_each_config_once(tmp_path):
+    s = suite.load_suite(str(write(tmp_path, MINIMAL)))
+    s = suite.override(s, seq_lens=[16, 16, 32], batch_sizes=[1, 1], modes=["inference"] * 2)
+    ids = [c["config_id"] for c in grid.build_grid(s, "cpu")]
+    assert len(ids) == len(set(ids)) == 4
+
+
 def test_batch_tokens_rule_and_ascending_lengths(tmp_path):
     text = MINIMAL.replace("seq_lens = [16, 32]", "seq_lens = [64, 16, 32]\nbatch_tokens = 64")
     configs = grid.build_grid(suite.load_suite(str(write(tmp_path, text))), "cpu")
@@ -162,6 +169,44 @@ def test_median_ci_order_statistics():
     t = summarise([1.0, 1.0, 1.0, 2.0], 10)
     assert t.median_s == 1.0 and t.repeats == 4 and t.iters_per_sample == 10
     assert t.noisy  # IQR 0.25 > 10% of 1.0
+
+
+def test_median_ci_level_is_the_exact_binomial_coverage():
+    assert median_ci_level(4) == 0.875  # (min, max) of 4: 1 - 2 / 2**4
+    assert median_ci_level(5) < 0.95 <= median_ci_level(6)
+    assert abs(median_ci_level(20) - (1 - 2 * 21700 / 2**20)) < 1e-12  # P(Bin(20) <= 5)
+    assert all(median_ci_level(n) >= 0.95 for n in range(6, 60))
+    assert summarise([1.0, 2.0, 3.0, 4.0], 1).ci_level == 0.875
+
+
+def test_time_step_tops_up_to_a_real_95_percent_interval():
+    t = time_step(lambda: sum(range(200)), budget_s=0.6, threads=1)
+    assert t.repeats >= CI_SAMPLES and t.ci_level >= 0.95
+    assert t.ci_low_s <= t.median_s <= t.ci_high_s
+
+
+# --- memory tracker ------------------------------------------------------------------------
+
+def test_cpu_tracker_counts_new_storages_not_views_or_in_place_updates():
+    import torch
+
+    from lsbench.measure.memory import track_peak
+
+    lin = torch.nn.Linear(512, 512)  # 1 MiB weight; F.linear takes a view of it (weight.t())
+    x = torch.randn(1, 512)
+    with torch.no_grad(), track_peak("cpu") as mem:
+        lin(x)
+        lin.weight.mul_(1.0)  # in place: no new memory
+    assert mem.peak_mib < 0.1  # the 2 KiB output (+ bias), not the weight
+
+
+def test_training_memory_counts_gradients_but_not_params_or_adam_state():
+    cfg = unit("fastformer", 8, mode="training", d=256)
+    params_mib = 4 * (4 * 256 * 256 + 2 * 256 * 1024) / 2**20  # weights, without biases
+    peak = run_config(cfg)["peak_mem_mib"]
+    # gradients (params_mib) + AdamW's per-parameter temporaries; counting the parameters and
+    # both moments too (storages the step only updates in place) would give > 4 × params_mib
+    assert params_mib <= peak <= 2.5 * params_mib
 
 
 # --- store ---------------------------------------------------------------------------------
@@ -230,10 +275,18 @@ def test_memory_relations_transformer_quadratic_fastformer_linear():
     assert peak("fastformer", 2048) <= 2.5 * peak("fastformer", 1024)
 
 
+def test_a_failing_probe_is_an_error_message_not_a_dead_worker():
+    from lsbench.sweep.worker import execute
+
+    out = execute({"kind": "probe", "device": "cpu", "dtype": "no_such_dtype", "threads": 1})
+    assert "probing the device failed" in out["error"] and "no_such_dtype" in out["error"]
+
+
 def test_oom_classification():
     import torch
 
     assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_oom(ValueError("out of memory"))  # only allocator errors count
     assert not is_oom(RuntimeError("shape mismatch"))
