@@ -104,8 +104,14 @@ def is_oom(e: BaseException) -> bool:
         "status_alloc_failed"))  # CUBLAS_/CUDNN_STATUS_ALLOC_FAILED: a GPU out of memory
 
 
-def make_step(model, x, mode: str):
-    """The unit of work that is timed: one forward (inference) or one training step."""
+def make_step(model, x, mode: str, amp_dtype=None):
+    """The unit of work that is timed: one forward (inference) or one training step.
+
+    Half-precision training runs as people train: fp32 weights and optimizer state, the
+    forward/backward under autocast to `amp_dtype` (pure half AdamW would underflow).
+    """
+    import contextlib
+
     import torch
 
     if mode == "inference":
@@ -119,9 +125,15 @@ def make_step(model, x, mode: str):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    def amp():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=amp_dtype)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(x).float().pow(2).mean()
+        with amp():
+            loss = model(x).float().pow(2).mean()
         loss.backward()
         opt.step()
     return step
@@ -145,9 +157,12 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"], c["ffn_dim"],
                                   c["causal"], dict(c["params"])))
-    model = model.to(device=device, dtype=dtype)
-    x = torch.randn(B, N, D, device=device, dtype=dtype)
-    step = make_step(model, x, c["mode"])
+    # inference in the run dtype; half-precision training as mixed precision (fp32 weights)
+    amp_dtype = dtype if c["mode"] == "training" and dtype != torch.float32 else None
+    weight_dtype = torch.float32 if amp_dtype is not None else dtype
+    model = model.to(device=device, dtype=weight_dtype)
+    x = torch.randn(B, N, D, device=device, dtype=weight_dtype)
+    step = make_step(model, x, c["mode"], amp_dtype)
     # Warm-up keeps one-time costs (lazy kernel init, AdamW's state, allocator growth) out of
     # both the memory pass and the timed samples.
     for _ in range(max(1, unit.get("warmup", 1))):
@@ -178,6 +193,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": B * N / t.median_s,
         "flops": flops,
         "gflops_per_s": flops / t.median_s / 1e9,
+        "precision": (f"autocast {c['dtype']}, fp32 weights" if amp_dtype is not None
+                      else c["dtype"]),
         "mem_method": mem.method,
         "rss_method": rss.method if device.type == "cpu" else "",
     }
@@ -185,8 +202,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
 
 def _timing_note(repeats: int, noisy: bool, min_samples: int) -> str:
     if repeats < min_samples:
-        return (f"only {repeats} timed sample(s): one step outlasts the time budget, so the "
-                "spread and CI say little")
+        return (f"only {repeats} timed sample(s) fit the time budget, so the spread and CI "
+                "say little (raise time_budget_s)")
     return "noisy: IQR/median > 10%" if noisy else ""
 
 
