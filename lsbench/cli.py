@@ -360,6 +360,7 @@ to resume; [bold]--eval-only --out DIR[/] rescores trained checkpoints.
 @app.command("extrapolate", help=_EXTRAPOLATE_HELP)
 @friendly
 def extrapolate_cmd(
+    ctx: typer.Context,
     train_len: Annotated[int, typer.Option(
         "--train-len", "-L", help="Training length L (tokens = bytes).")] = 512,
     positions_: Annotated[str | None, typer.Option(
@@ -392,13 +393,10 @@ def extrapolate_cmd(
 ) -> None:
     from lsbench.extrapolate import run_extrapolate
 
-    given = {"train_len": train_len, "positions": positions_, "corpus": corpus, "out": out,
-             "preset": preset, "eval_lens": eval_lens, "stride": stride,
-             "eval_only": eval_only or None, "device": device, "seed": seed,
-             "threads": threads or None, "train_tokens": train_tokens}
+    given = {p.opts[0]: ctx.params[p.name] for p in ctx.command.params  # as the user typed them
+             if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"}
     command = "lsbench extrapolate" + "".join(
-        f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-        for k, v in given.items() if v is not None)
+        f" {opt}" + ("" if v is True else f" {v}") for opt, v in given.items())
     view = _ExtrapolateView()
     try:
         result = run_extrapolate(
