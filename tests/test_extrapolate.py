@@ -240,3 +240,26 @@ def test_cli_list_positions_and_corpora():
     assert {r["name"] for r in json.loads(res.output)} >= {"alibi", "t5", "rotary", "sinusoidal"}
     res = runner.invoke(app, ["list", "corpora", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)[0]["name"] == "stdlib"
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_chunked_attention_and_tiny_run(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the gpu preset's bfloat16 autocast path")
+    x = torch.randint(0, 256, (2, 300), device="cuda")
+    for name in ("alibi", "t5", "rotary"):
+        torch.manual_seed(0)
+        model = CausalLM(CausalLMConfig(name, d_model=64, n_heads=4, n_layers=2,
+                                        attn_chunk_elems=4 * 300 * 16)).cuda().eval()
+        with torch.no_grad():
+            ref = model(x[:, :-1]).float()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                low = model(x[:, :-1]).float()
+
+        def nll(logits):
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+        assert nll(low).item() == pytest.approx(nll(ref).item(), rel=0.02)
+    res = runner.invoke(app, [*TINY, "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r/run.json").read_text())["args"]["device"] == "cuda"
