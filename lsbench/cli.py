@@ -464,7 +464,10 @@ class _ExtrapolateView:
         self.progress.start()
 
     def on_train_start(self, position, start_step, total_steps, params) -> None:
-        if start_step:
+        if start_step >= total_steps:
+            self.progress.console.print(
+                f"{position}: already trained (checkpoint complete)", highlight=False)
+        elif start_step:
             self.progress.console.print(
                 f"{position}: resuming at step {start_step}/{total_steps}", highlight=False)
         self._task(f"train {position}", total_steps, start_step)
