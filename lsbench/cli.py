@@ -324,7 +324,7 @@ def _run_sweep(plan) -> None:
     for t in summary_tables(outcome.rows):
         table = Table(title=t["title"])
         for col in t["columns"]:
-            table.add_column(col, justify="left" if col == "variant" else "right")
+            table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
         for r in t["rows"]:
             table.add_row(*r)
         console.print(table)

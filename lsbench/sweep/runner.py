@@ -412,7 +412,8 @@ def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lens = sorted({r["seq_len"] for r in group})
         names = list(dict.fromkeys(r["variant"] for r in group))
         by_key = {(r["variant"], r["seq_len"]): r for r in group}
-        for what, cell in (("median latency", _latency_cell), ("peak memory (MiB)", _mem_cell)):
+        for what, cell in (("median latency (ms)", _latency_cell),
+                          ("peak memory (MiB)", _mem_cell)):
             tables.append({
                 "title": f"{mode} · {dtype} · {batch}: {what}",
                 "columns": ["variant", *[str(n) for n in lens]],
@@ -425,14 +426,15 @@ def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _latency_cell(r: dict[str, Any]) -> str:
     if r["status"] != "ok":
         return MARKS.get(r["status"], r["status"])
-    return ("~" if r.get("noisy") else "") + _ms(r["latency_ms"])
+    return ("~" if r.get("noisy") else "") + _num(r["latency_ms"])
 
 
 def _mem_cell(r: dict[str, Any]) -> str:
     if r["status"] != "ok":
         return MARKS.get(r["status"], r["status"])
-    return "?" if r.get("peak_mem_mib") is None else f"{r['peak_mem_mib']:.3g}"
+    return "?" if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])
 
 
-def _ms(ms: float) -> str:
-    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1000:.3g} s"
+def _num(x: float) -> str:
+    """Three significant figures without exponents: 0.527, 51.1, 1,110."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
