@@ -95,6 +95,7 @@ class Linformer(QKVAttention):
         Fm = E if self.F is None else self.F[:, :N]  # (k, N)
         k = E @ k  # (B, H, k, Dh)
         v = Fm @ v  # (B, H, k, Dh)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, N, k)
+        q = q * self.head_dim**-0.5  # scale the (N, Dh) queries, not the (N, k) scores
+        scores = q @ k.transpose(-2, -1)  # (B, H, N, k)
         y = F.softmax(scores, dim=-1) @ v  # (B, H, N, Dh)
         return self.out(merge_heads(y))  # (B, N, D)
