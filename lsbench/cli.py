@@ -322,7 +322,7 @@ def _run_sweep(plan) -> None:
         signal.signal(signal.SIGINT, previous)
 
     for t in summary_tables(outcome.rows):
-        table = Table(title=t["title"])
+        table = Table(title=t["title"], min_width=len(t["title"]) + 4)  # title on one line
         for col in t["columns"]:
             table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
         for r in t["rows"]:
