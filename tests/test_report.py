@@ -262,7 +262,7 @@ def test_interrupted_run_with_truncated_line(tmp_path):
     run = write_latency_run(tmp_path / "cut", rows, finished=False, truncate_last=True)
     res = runner.invoke(app, ["report", str(run)])
     assert res.exit_code == 0, res.output
-    assert "last line is not complete JSON" in res.output
+    assert "last line is incomplete JSON" in res.output
     html = (run / "report.html").read_text()
     assert "did not finish" in html
     assert "ok: 5" in html  # the 6th row was cut mid-write

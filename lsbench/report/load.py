@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lsbench.errors import LsbenchError
+from lsbench.sweep.store import read_jsonl
 
 LATENCY_COLUMNS = [
     "variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model", "n_heads",
@@ -164,28 +165,11 @@ def _read_meta(p: Path, given: str, warnings: list[str]) -> dict[str, Any]:
     return meta
 
 
-def read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a truncated line (run killed mid-write) is skipped and reported."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            where = "last line" if i == len(lines) else f"line {i}"
-            warnings.append(f"{path.name}: {where} is not complete JSON (the run was "
-                            "probably interrupted while writing it); it was skipped.")
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-    return records
-
-
 def _read_latency(p: Path, warnings: list[str]) -> pd.DataFrame:
     if (p / "results.jsonl").is_file():
-        df = pd.DataFrame(read_jsonl(p / "results.jsonl", warnings))
+        rows, problems = read_jsonl(p / "results.jsonl")  # the same reader --resume uses
+        warnings.extend(problems)
+        df = pd.DataFrame(rows)
     elif (p / "results.csv").is_file():
         df = _read_csv(p / "results.csv", [], warnings, required=[])
     else:

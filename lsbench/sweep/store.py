@@ -183,7 +183,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except json.JSONDecodeError:
             where = "the last line" if i >= len(lines) - 1 else f"line {i}"
             warnings.append(f"{path.name}: {where} is incomplete JSON (interrupted while "
-                            "writing); skipped, its config will be measured again.")
+                            "writing); skipped (lsbench run --resume measures it again).")
             continue
         if isinstance(obj, dict) and obj.get("config_id"):
             rows.append(obj)
