@@ -187,7 +187,11 @@ class CausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pe = positions.build(cfg.position, cfg.n_heads, cfg.head_dim, **cfg.position_params)
+        # position tables (learned, t5) draw from a forked RNG, so the weights every method
+        # shares (embedding, blocks) start identical under the same seed
+        with torch.random.fork_rng(devices=[]):
+            self.pe = positions.build(cfg.position, cfg.n_heads, cfg.head_dim,
+                                      **cfg.position_params)
         self.blocks = nn.ModuleList(CausalBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.embed_scale = cfg.d_model**0.5  # unit-scale token embeddings, as in fairseq

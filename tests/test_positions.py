@@ -196,3 +196,47 @@ def test_long_window_never_builds_a_full_score_matrix():
         model(x)
     full_scores_mib = 4 * n * n * 4 / 2**20  # one fp32 (H, N, N) tensor = 64 MiB
     assert mem.peak_mib < full_scores_mib / 4
+
+
+def naive_attention(attn, pe, x):
+    """softmax(q·k/√Dh + bias + causal mask)·v written out in full, as the reference."""
+    from lsbench.positions.base import relative_distance
+
+    B, N, D = x.shape
+    pos = torch.arange(N)
+    q, k, v = (t.view(B, N, pe.n_heads, -1).transpose(1, 2) for t in attn.qkv(x).chunk(3, -1))
+    if pe.kind == "rotary":
+        q, k = pe(q, pos), pe(k, pos)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(pe.head_dim)  # (B, H, N, N)
+    dist = relative_distance(pos, pos)
+    if pe.name == "alibi":
+        scores = scores - alibi_slopes(pe.n_heads)[:, None, None] * dist
+    elif pe.name == "t5":
+        scores = scores + pe.emb.weight[relative_position_bucket(dist)].permute(2, 0, 1)
+    scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
+    return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, D))
+
+
+@pytest.mark.parametrize("name", ["none", "rotary", "t5", "alibi"])
+@pytest.mark.parametrize("chunk_elems", [2**24, 4 * 37 * 5])
+def test_attention_equals_naive_reference(name, chunk_elems):
+    model = tiny_lm(name, chunk_elems=chunk_elems)
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(37)
+    with torch.no_grad():
+        got = attn(x, model.pe, pos, model._bias_fn(pos, x.dtype))
+        torch.testing.assert_close(got, naive_attention(attn, model.pe, x), atol=1e-6, rtol=1e-5)
+
+
+def test_same_seed_gives_every_method_the_same_shared_weights():
+    def weights(name):
+        torch.manual_seed(0)
+        return CausalLM(CausalLMConfig(name, d_model=16, n_heads=4, n_layers=2,
+                                       train_len=48)).state_dict()
+
+    ref = weights("alibi")
+    for name in ALL:
+        sd = weights(name)
+        for key in ref.keys() & sd.keys():
+            assert torch.equal(sd[key], ref[key]), (name, key)
