@@ -113,6 +113,29 @@ def test_evaluation_scores_the_same_tokens_at_every_length():
     assert evaluate(model, stream, 200, SLIDING, stride=200, span=200)[1] == pytest.approx(whole)
 
 
+def test_evaluation_matches_a_window_by_window_reference():
+    """Each window run on its own from position 0: nonoverlapping scores every target once;
+    sliding scores the last `stride` targets of windows ending every `stride` tokens."""
+    torch.manual_seed(0)
+    model = CausalLM(CausalLMConfig("alibi", d_model=16, n_heads=2, n_layers=1)).eval()
+    stream = torch.randint(0, 256, (101,))  # 100 targets
+
+    def nll(a, b, score_from):  # window inputs stream[a:b], targets stream[a+1:b+1]
+        with torch.no_grad():
+            logits = model(stream[None, a:b])[0]
+        return torch.nn.functional.cross_entropy(
+            logits[score_from:], stream[a + 1 + score_from:b + 1], reduction="sum").item()
+
+    for n in (7, 30, 100):  # 100 = 14×7 + 2, 3×30 + 10, one window
+        ref = sum(nll(a, min(a + n, 100), 0) for a in range(0, 100, n)) / 100
+        tokens, got = evaluate(model, stream, n, NONOVERLAPPING, batch_tokens=64)
+        assert tokens == 100 and got == pytest.approx(ref, rel=1e-5)
+    n, stride, span = 30, 6, 24  # windows end at 82, 88, 94, 100 and score 6 targets each
+    ref = sum(nll(e - n, e, n - stride) for e in (82, 88, 94, 100)) / span
+    tokens, got = evaluate(model, stream, n, SLIDING, stride=stride, span=span, batch_tokens=64)
+    assert tokens == span and got == pytest.approx(ref, rel=1e-5)
+
+
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     preset = get_preset("tiny")
     stream = torch.randint(0, 256, (5000,), dtype=torch.int16,
