@@ -25,13 +25,7 @@ runner = CliRunner()
 PAPER = ["sinusoidal", "rotary", "t5", "alibi"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the CLI's tiny preset uses one too)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_corpus(root: Path, n_files: int = 40, size: int = 600) -> Path:

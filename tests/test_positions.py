@@ -16,12 +16,7 @@ from lsbench.positions.t5 import relative_position_bucket
 ALL = sorted(positions.REGISTRY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official_alibi_slopes(n):
