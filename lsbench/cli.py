@@ -698,7 +698,8 @@ def _print_comparison(cmp, limit: int, threshold: float | None, bad) -> None:
         colour = colours.get(r.change)
         change = f"[{colour}]{r.change}[/]" if colour else r.change
         table.add_row(
-            r.variant, r.mode, f"{r.batch_size}×{int(r.seq_len):,}",
+            r.variant, {"inference": "infer", "training": "train"}.get(r.mode, r.mode),
+            f"{r.batch_size}×{int(r.seq_len):,}",
             fmt_num(r.latency_a_ms) or r.status_a, fmt_num(r.latency_b_ms) or r.status_b,
             _ratio_cell(r.latency_ratio, r.latency_significant),
             _ratio_cell(r.mem_ratio, r.mem_significant), change)
