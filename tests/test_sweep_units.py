@@ -10,6 +10,7 @@ from lsbench.errors import LsbenchError
 from lsbench.measure.timing import CI_SAMPLES, median_ci, median_ci_level, summarise, time_step
 from lsbench.sweep import grid, store, suite
 from lsbench.sweep.worker import is_oom, run_config
+from lsbench.variants import REGISTRY
 
 
 def write(tmp_path, text, name="s.toml"):
@@ -290,3 +291,29 @@ def test_oom_classification():
     assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_oom(ValueError("out of memory"))  # only allocator errors count
     assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_memory_prediction_is_calibrated_by_measurements():
+    """After a measured config, larger ones are predicted from measured/analytic, not the bound."""
+    cfg = {"variant": "bigbird", "mode": "training", "dtype": "float32", "device": "cpu",
+           "batch_size": 2, "seq_len": 1024, "d_model": 64, "n_heads": 2, "n_layers": 1,
+           "ffn_dim": 256, "causal": False, "batch_tokens": None,
+           "params": dict(REGISTRY["bigbird"].defaults)}
+    predictor = grid.MemoryPredictor()
+    bound, how = predictor.predict({**cfg, "seq_len": 4096})
+    assert how == "analytic upper bound" and bound == grid.predict_mem_bytes(
+        {**cfg, "seq_len": 4096})
+    measured_mib = grid.predict_mem_bytes(cfg) / 2**20 / 5  # the bound was 5x too high
+    predictor.observe({**cfg, "status": "ok", "peak_mem_mib": measured_mib})
+    predictor.observe({**cfg, "seq_len": 512, "status": "ok", "peak_mem_mib": 1e9})  # smaller N
+    calibrated, how = predictor.predict({**cfg, "seq_len": 4096, "batch_size": 4})
+    expected = grid.predict_mem_bytes({**cfg, "seq_len": 4096, "batch_size": 4}) / 5 * 1.25
+    assert calibrated == pytest.approx(expected) and "N=1024" in how
+    # other shapes or modes are not calibrated by it; failures calibrate nothing
+    assert predictor.predict({**cfg, "mode": "inference"})[1] == "analytic upper bound"
+    predictor.observe({**cfg, "d_model": 128, "status": "oom", "peak_mem_mib": None})
+    assert predictor.predict({**cfg, "d_model": 128})[1] == "analytic upper bound"
+    # a bound that proved too low is raised, never kept
+    low = grid.MemoryPredictor([{**cfg, "status": "ok",
+                                 "peak_mem_mib": grid.predict_mem_bytes(cfg) / 2**20 * 2}])
+    assert low.predict(cfg)[0] == pytest.approx(grid.predict_mem_bytes(cfg) * 2 * 1.25)

@@ -100,6 +100,59 @@ def predict_mem_bytes(config: dict[str, Any]) -> float:
     return float((elems + n_params + inputs) * size)
 
 
+def calibration_group(config: dict[str, Any]) -> tuple:
+    """Configs whose memory differs only through B and N, which `mem_elems` models."""
+    return (config["variant"], config["mode"], config["dtype"], config["device"],
+            config["d_model"], config["n_heads"], config["n_layers"], config.get("ffn_dim"),
+            json.dumps({k: v for k, v in config["params"].items() if k != "max_len"},
+                       sort_keys=True, default=str))
+
+
+CALIBRATION_MARGIN = 1.25
+
+
+class MemoryPredictor:
+    """The analytic prediction, corrected by what this run has measured.
+
+    `mem_elems` is a deliberately safe upper bound (it assumes, e.g., that a fused kernel keeps
+    whole score blocks), up to several times the measured peak. Once a config of the same
+    variant, mode and shape has been measured, the prediction for a larger one is the analytic
+    estimate scaled by measured/analytic at the largest N measured so far: the formula supplies
+    how memory grows with B and N, the measurement the constant. Still only used to skip.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]] = ()):
+        self.refs: dict[tuple, tuple[int, float, str]] = {}  # group -> (N, factor, where)
+        for row in rows:
+            self.observe(row)
+
+    def observe(self, row: dict[str, Any]) -> None:
+        if row.get("status") != "ok" or not row.get("peak_mem_mib") or row.get("params") is None:
+            return
+        key = calibration_group(row)
+        if key in self.refs and self.refs[key][0] >= row["seq_len"]:
+            return
+        try:
+            analytic = predict_mem_bytes(row)
+        except Exception:  # noqa: BLE001 - a plugin's mem_elems: no calibration
+            return
+        factor = row["peak_mem_mib"] * 2**20 / analytic
+        self.refs[key] = (row["seq_len"], factor,
+                          f"B={row['batch_size']}, N={row['seq_len']}")
+
+    def predict(self, config: dict[str, Any]) -> tuple[float, str]:
+        """(bytes, how it was predicted)."""
+        analytic = predict_mem_bytes(config)
+        ref = self.refs.get(calibration_group(config))
+        if ref is None:
+            return analytic, "analytic upper bound"
+        # a 25% margin over the measured constant (allocator slack, shape effects the formula
+        # misses); never below the bound when the bound proved too low
+        factor = ref[1] * CALIBRATION_MARGIN
+        factor = factor if ref[1] > 1 else min(factor, 1.0)
+        return analytic * factor, f"analytic, scaled by the peak measured at {ref[2]}"
+
+
 def describe(config: dict[str, Any]) -> str:
     return (f"{config['variant']} {config['mode']} B={config['batch_size']} "
             f"N={config['seq_len']}")

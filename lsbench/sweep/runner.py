@@ -236,7 +236,9 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                 "memory_method": probe["memory_method"],
                 "peak_rss_method": probe["rss_method"],
                 "mem_prediction": "variant mem_elems × dtype bytes (× n_layers × 3 in training) "
-                                  "+ params (× 4 in training); used only to skip",
+                                  "+ params (× 4 in training), an upper bound, scaled down by "
+                                  "measured/predicted at the largest N already measured for "
+                                  "the same variant, mode and shape; used only to skip",
                 "started_at": now_iso(),
                 "finished_at": None,
                 "status": "running",
@@ -262,14 +264,15 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
         todo = plan.todo
         events.start(plan, len(todo))
         limits = _size_limits(store.rows)
+        predictor = grid.MemoryPredictor(store.rows)
         for i, cfg in enumerate(todo):
             if should_stop():
                 break
             try:
-                predicted = grid.predict_mem_bytes(cfg)
+                predicted, how = predictor.predict(cfg)
             except Exception:  # noqa: BLE001 - a plugin's mem_elems: no prediction, no skip
-                predicted = None
-            result = _skip_reason(cfg, predicted, budget, limits)
+                predicted, how = None, ""
+            result = _skip_reason(cfg, predicted, how, budget, limits)
             if result is None:
                 events.config(cfg, i, len(todo))
                 try:
@@ -285,6 +288,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             if row["status"] == "ok" and peak and row.get("gflops_per_s") is not None:
                 row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
             _note_limit(limits, row)
+            predictor.observe(row)
             store.append(row)
             new_rows += 1
             events.row(row)
@@ -351,11 +355,11 @@ def _mem_budget(plan: Plan, probe: dict[str, Any]) -> tuple[float, str]:
 LIMIT_TEXT = {"oom": "ran out of memory", "timeout": "timed out (--timeout)"}
 
 
-def _skip_reason(cfg: dict[str, Any], predicted: float | None, budget: float,
+def _skip_reason(cfg: dict[str, Any], predicted: float | None, how: str, budget: float,
                  limits: dict[tuple, tuple[int, str]]) -> dict[str, Any] | None:
     if predicted is not None and predicted > budget:
         return {"status": "skipped",
-                "reason": f"predicted {predicted / MIB:,.0f} MiB > memory budget "
+                "reason": f"predicted {predicted / MIB:,.0f} MiB ({how}) > memory budget "
                           f"{budget / MIB:,.0f} MiB (--mem-budget)"}
     limit = limits.get(grid.oom_group(cfg))
     if limit is not None and cfg["seq_len"] > limit[0]:
