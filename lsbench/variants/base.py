@@ -56,6 +56,17 @@ class Variant(nn.Module):
                 )
 
     @classmethod
+    def require_positive(cls, params: dict[str, Any], *keys: str) -> None:
+        """Raise LsbenchError naming the first of `keys` that is not an integer >= 1."""
+        for key in keys:
+            value = params[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LsbenchError(
+                    f"variant {cls.name!r}: parameter {key!r} must be a positive integer, "
+                    f"got {value!r} (default {cls.defaults[key]})."
+                )
+
+    @classmethod
     def mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
                   params: dict[str, Any]) -> float:
         """Predicted number of activation elements one forward keeps alive (dominant term).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lsbench.errors import LsbenchError
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 EPS = 1e-6
@@ -76,12 +75,7 @@ class Linear(QKVAttention):
 
     @classmethod
     def check_params(cls, d_model, n_heads, params):
-        chunk = params["chunk"]
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise LsbenchError(
-                f"variant 'linear': parameter 'chunk' must be a positive integer, got {chunk!r} "
-                f"(default {cls.defaults['chunk']})."
-            )
+        cls.require_positive(params, "chunk")
 
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):

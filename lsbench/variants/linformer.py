@@ -57,13 +57,7 @@ class Linformer(QKVAttention):
         if params["sharing"] not in SHARING:
             raise unknown_choice("value of linformer parameter 'sharing'", params["sharing"],
                                  SHARING)
-        for key in ("k", "max_len"):
-            value = params[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LsbenchError(
-                    f"variant 'linformer': parameter {key!r} must be a positive integer, "
-                    f"got {value!r} (default {cls.defaults[key]})."
-                )
+        cls.require_positive(params, "k", "max_len")
 
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
