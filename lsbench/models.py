@@ -71,11 +71,17 @@ class Encoder(nn.Module):
             x = block(x, mask)
         return self.ln_f(x)
 
-    def flops(self, batch_size: int, seq_len: int) -> float:
-        """Analytic forward FLOPs: attention sublayer (from the variant) + FFN, per layer."""
+    def flops(self, batch_size: int, seq_len: int, computed: bool = False) -> float:
+        """Analytic forward FLOPs: attention sublayer (from the variant) + FFN, per layer.
+
+        Useful FLOPs by default; `computed=True` counts what the kernels multiply instead
+        (see `lsbench.measure.flops`).
+        """
         c = self.cfg
         cls = variants.get(c.variant)
-        attn = cls.flops(batch_size, seq_len, c.d_model, c.n_heads, {**cls.defaults, **c.params})
+        count = cls.computed_flops if computed else cls.flops
+        attn = count(batch_size, seq_len, c.d_model, c.n_heads, {**cls.defaults, **c.params},
+                     causal=c.causal)
         ffn = 2.0 * batch_size * seq_len * 2 * c.d_model * c.ffn_dim
         return c.n_layers * (attn + ffn)
 

@@ -91,7 +91,8 @@ def predict_mem_bytes(config: dict[str, Any]) -> float:
     c = config
     cls = variants.get(c["variant"])
     size = DTYPE_BYTES[c["dtype"]]
-    elems = cls.mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"], c["params"])
+    elems = cls.mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"], c["params"],
+                          causal=bool(c.get("causal")))
     n_params = c["n_layers"] * (4 * c["d_model"] ** 2 + 2 * c["d_model"] * c["ffn_dim"])
     inputs = c["batch_size"] * c["seq_len"] * c["d_model"]
     if c["mode"] == "training":

@@ -176,7 +176,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
     t = time_step(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
-    flops = model.flops(B, N) * (3 if c["mode"] == "training" else 1)
+    passes = 3 if c["mode"] == "training" else 1  # backward ≈ 2 × forward
+    flops = model.flops(B, N) * passes  # useful work (lsbench.measure.flops)
     return {
         "status": "ok",
         "reason": _timing_note(t.repeats, t.noisy, MIN_SAMPLES),
@@ -192,6 +193,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": rss.delta_mib if device.type == "cpu" else None,
         "tokens_per_s": B * N / t.median_s,
         "flops": flops,
+        "computed_flops": model.flops(B, N, computed=True) * passes,
         "gflops_per_s": flops / t.median_s / 1e9,
         "precision": (f"autocast {c['dtype']}, fp32 weights" if amp_dtype is not None
                       else c["dtype"]),

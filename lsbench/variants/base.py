@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lsbench.errors import LsbenchError
+from lsbench.measure.flops import linear_flops
 
 REGISTRY: dict[str, type[Variant]] = {}
 
@@ -68,7 +69,7 @@ class Variant(nn.Module):
 
     @classmethod
     def mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
-                  params: dict[str, Any]) -> float:
+                  params: dict[str, Any], causal: bool = False) -> float:
         """Predicted number of activation elements one forward keeps alive (dominant term).
 
         `params` are merged with `defaults`. Used only to decide what to skip before running;
@@ -79,9 +80,21 @@ class Variant(nn.Module):
 
     @classmethod
     def flops(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
-              params: dict[str, Any]) -> float:
-        """Analytic FLOPs of one forward of this sublayer (multiply-add = 2 FLOPs)."""
-        return 2.0 * batch_size * seq_len * 4 * d_model * d_model  # q, k, v, out projections
+              params: dict[str, Any], causal: bool = False) -> float:
+        """Useful FLOPs of one forward of this sublayer (see `lsbench.measure.flops`).
+
+        Only the (query, key) pairs a query may see count (causal halves); multiply-add = 2.
+        """
+        return linear_flops(batch_size * seq_len, d_model, 4 * d_model)  # q, k, v, out
+
+    @classmethod
+    def computed_flops(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
+                       params: dict[str, Any], causal: bool = False) -> float:
+        """FLOPs the kernels actually multiply (padding, blocked spans, masked entries).
+
+        Equal to `flops` unless the implementation does extra work; override where it does.
+        """
+        return cls.flops(batch_size, seq_len, d_model, n_heads, params, causal)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
