@@ -6,10 +6,11 @@ nb = N // L blocks, S keys per block (the span), G extra keys every query sees (
 Queries are cut into blocks of L; block c looks at one contiguous span of S keys starting at
 `k_start + c * k_step`, gathered with `unfold` (a strided view, no copy). A (L, S) boolean
 `band` says which (query, key) pairs inside a block's span are allowed; it is the same for every
-block because the span slides with the block. The blocks are the batch of one
-`scaled_dot_product_attention` call per sequence: with the fused CPU/CUDA kernels the (L, S)
-scores exist only tile by tile; with the math fallback they are (nb, H, L, S) — O(N·S) either
-way, never N×N. This is the "split into chunks, attend to the neighbouring chunks" scheme of
+block because the span slides with the block. All blocks of all sequences are the batch of ONE
+`scaled_dot_product_attention` call (no Python loop, so the op count is independent of B and N):
+with the fused CPU/CUDA kernels the (L, S) scores exist only tile by tile; with the math fallback
+they are (B·nb, H, L, S) — O(N·S) either way, never N×N.
+This is the "split into chunks, attend to the neighbouring chunks" scheme of
 Longformer's `sliding_chunks` (https://arxiv.org/abs/2004.05150, §3), with chunk = query block.
 """
 
@@ -70,47 +71,56 @@ def banded_attention(
     """Softmax attention where query block c sees keys [k_start + c·k_step, … + S) ∩ band.
 
     q: (B, H, N, Dh), already scaled, N a multiple of L = band.shape[0].
-    k, v: (B, H, Nk, Dh); key_valid: (B, Nk) bool (False = padding, never attended).
+    k, v: (B, H, Nk, Dh) with Nk <= (N / L)·k_step; key_valid: (B, Nk) bool (False = padding,
+    never attended).
     extra: optional (k_x (B, H, G, Dh), v_x (B, H, G, Dh), valid_x (B, G)) keys that every query
     sees in addition (Longformer's global keys), normalised in the same softmax.
     Queries with no allowed key at all output zeros (e.g. the first tokens of a causal pooled
     level), so they never average over masked values.
     Returns (B, H, N, Dh).
 
-    Each block is one "batch" entry of `scaled_dot_product_attention` (fused kernel: the
-    (L, S) scores of a block live only in its tiles) and the key windows are strided views of
-    the padded keys, so nothing of size N×S is copied except when `extra` keys are prepended.
+    Batch and blocks are folded into the batch of ONE `scaled_dot_product_attention` call, so
+    the op count depends on neither B nor N (one kernel launch each on CUDA). The key windows
+    are strided views: each sequence's keys are laid out in a region of P = nb·k_step rows of
+    one flat (B·P, H, Dh) buffer, so window m = b·nb + c starts at row m·k_step + k_start and
+    one `unfold` over the flat rows yields all B·nb windows. A window may run into the
+    neighbouring sequence's region; those keys are masked by `allowed`, which is built from
+    each sequence's own validity.
     """
     B, H, N, Dh = q.shape
     L, S = band.shape
     nb = N // L
     Nk = k.shape[2]
-    # pad keys so every block's span lies inside [0, padded length)
-    left = max(0, -k_start)
-    right = max(0, k_start + (nb - 1) * k_step + S - Nk)
-    start = k_start + left
-    k = F.pad(k, (0, 0, left, right))[:, :, start:]
-    v = F.pad(v, (0, 0, left, right))[:, :, start:]
-    key_valid = F.pad(key_valid, (left, right), value=False)[:, start:]
-    valid = key_valid.unfold(1, S, k_step)[:, :nb]  # (B, nb, S)
+    P = nb * k_step  # rows per sequence in the flat key buffer
+    if Nk > P:
+        raise ValueError(f"banded_attention: {Nk} keys do not fit {nb} blocks of step {k_step}")
+    left = max(0, -k_start)  # rows before the first sequence
+    right = max(0, k_start + (nb - 1) * k_step + S - P)  # rows after the last one
+    shift = k_start + left  # first window's first row in the padded flat buffer
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # (B, H, Nk, Dh) -> (B·nb, H, S, Dh) view
+        t = pad_seq(t.transpose(1, 2), P, dim=1)  # (B, P, H, Dh)
+        t = F.pad(t.reshape(B * P, H, Dh), (0, 0, 0, 0, left, right))  # (left + B·P + right, H, Dh)
+        t = t[shift:].unfold(0, S, k_step)[: B * nb]  # (B·nb, H, Dh, S)
+        return t.transpose(-1, -2)  # (B·nb, H, S, Dh)
+
+    kw, vw = windows(k), windows(v)
+    valid = F.pad(pad_seq(key_valid, P, dim=1), (left, right), value=False)  # (B, left+P+right)
+    valid = valid[:, shift:].unfold(1, S, k_step)[:, :nb]  # (B, nb, S)
     allowed = band & valid[:, :, None, :]  # (B, nb, L, S)
     if extra is not None:
         k_x, v_x, valid_x = extra
         G = k_x.shape[2]
+        k_x, v_x = (t[:, None].expand(B, nb, H, G, Dh).reshape(B * nb, H, G, Dh)
+                    for t in (k_x, v_x))  # (B·nb, H, G, Dh)
+        kw, vw = torch.cat([k_x, kw], dim=2), torch.cat([v_x, vw], dim=2)  # (B·nb, H, G+S, Dh)
         allowed = torch.cat([valid_x[:, None, None, :].expand(B, nb, L, G), allowed], dim=-1)
     has_key = allowed.any(-1)  # (B, nb, L)
-    ys = []
-    for b in range(B):  # per sequence, so the windows stay views (blocks become the batch)
-        qb = q[b].view(H, nb, L, Dh).transpose(0, 1)  # (nb, H, L, Dh)
-        kb = k[b].unfold(1, S, k_step)[:, :nb].permute(1, 0, 3, 2)  # (nb, H, S, Dh) view
-        vb = v[b].unfold(1, S, k_step)[:, :nb].permute(1, 0, 3, 2)
-        if extra is not None:
-            kb = torch.cat([k_x[b, None].expand(nb, H, G, Dh), kb], dim=2)  # (nb, H, G+S, Dh)
-            vb = torch.cat([v_x[b, None].expand(nb, H, G, Dh), vb], dim=2)
-        yb = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed[b, :, None], scale=1.0)
-        ys.append(yb.transpose(0, 1).reshape(H, N, Dh))  # (H, N, Dh)
-    y = torch.stack(ys)  # (B, H, N, Dh)
-    return torch.where(has_key.view(B, 1, N, 1), y, 0.0)
+    qb = q.transpose(1, 2).reshape(B * nb, L, H, Dh).transpose(1, 2)  # (B·nb, H, L, Dh)
+    y = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=allowed.flatten(0, 1)[:, None],
+                                       scale=1.0)  # (B·nb, H, L, Dh)
+    y = torch.where(has_key.view(B * nb, 1, L, 1), y, 0.0)
+    return y.transpose(1, 2).reshape(B, N, H, Dh).transpose(1, 2)  # (B, H, N, Dh)
 
 
 def sliding_window_attention(
