@@ -27,12 +27,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lsbench.errors import LsbenchError
-from lsbench.variants._blocks import default_block, key_validity, sliding_window_attention
+from lsbench.measure.flops import attention_flops, band_pairs, linear_flops
+from lsbench.variants._blocks import (
+    ceil_div,
+    default_block,
+    key_validity,
+    sliding_window_attention,
+)
 from lsbench.variants.transformer import QKVAttention, merge_heads, split_heads
 
 
@@ -63,28 +70,59 @@ class Longformer(QKVAttention):
             )
 
     @classmethod
-    def _keys_per_query(cls, seq_len: int, params: dict[str, Any], computed: bool) -> float:
+    def _geometry(cls, seq_len: int, params: dict[str, Any], causal: bool):
+        """(w, g, block, span) as the forward computes them (window clamped to N - 1)."""
         w = min(params["window"], max(seq_len - 1, 0))
-        if computed:  # what the blocked kernel materialises: span = block + 2w
-            return min(default_block(w), seq_len) + 2 * w + params["global_tokens"]
-        return min(2 * w + 1, seq_len) + min(params["global_tokens"], seq_len)
+        g = min(params["global_tokens"], seq_len)
+        block = max(1, min(default_block(w), seq_len))
+        return w, g, block, block + (w if causal else 2 * w)
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
-        span = cls._keys_per_query(seq_len, params, computed=True)
+    def pairs(cls, seq_len: int, params: dict[str, Any], causal: bool) -> int:
+        """(query, key) pairs allowed: the ±w band (causal: i-w … i), plus global rows that see
+        every key (causal: j <= i) and the g global keys every other row sees."""
+        n = seq_len
+        w, g, _, _ = cls._geometry(n, params, causal)
+        pairs = band_pairs(n, w, 0 if causal else w)
+        if g:
+            i = np.arange(n, dtype=np.int64)
+            in_band = np.minimum(i + (0 if causal else w), n - 1) - np.maximum(i - w, 0) + 1
+            sees_all = (i + 1) if causal else n
+            extra = np.where(i < g, sees_all - in_band, np.clip(np.minimum(g, i - w), 0, None))
+            pairs += int(extra.sum())
+        return pairs
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        _, g, _, span = cls._geometry(seq_len, params, causal)
         # upper bound: banded scores + probabilities (+ grads) as the math SDPA kernel keeps
         # them (the fused kernels keep only tiles), plus q/k/v/out activations
-        return 3.0 * batch_size * n_heads * seq_len * span + 8.0 * batch_size * seq_len * d_model
+        return (3.0 * batch_size * n_heads * seq_len * (span + g)
+                + 8.0 * batch_size * seq_len * d_model)
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+    def _projections(cls, batch_size, seq_len, d_model, g) -> float:
+        proj = linear_flops(batch_size * seq_len, d_model, 4 * d_model)
+        if g:  # key_global/value_global over all tokens, query_global over the g global ones
+            proj += linear_flops(batch_size * (2 * seq_len + g), d_model, d_model)
+        return proj
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         g = min(params["global_tokens"], seq_len)
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        if g:  # key_global/value_global over all tokens, query_global over g
-            proj += 2.0 * batch_size * (2 * seq_len + g) * d_model * d_model
-        keys = cls._keys_per_query(seq_len, params, computed=False)  # non-causal band
-        attn = 4.0 * batch_size * seq_len * keys * d_model  # QKᵀ and PV over the band
-        return proj + attn + 4.0 * batch_size * g * seq_len * d_model  # global rows
+        pairs = cls.pairs(seq_len, params, causal)
+        return (cls._projections(batch_size, seq_len, d_model, g)
+                + attention_flops(batch_size * pairs, d_model))
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        _, g, block, span = cls._geometry(seq_len, params, causal)
+        n_pad = ceil_div(seq_len, block) * block
+        # every padded query block multiplies its whole span (+ the g global keys), and the
+        # global rows multiply all N keys (the causal half included)
+        pairs = n_pad * (span + g) + g * seq_len
+        return (cls._projections(batch_size, seq_len, d_model, g)
+                + attention_flops(batch_size * pairs, d_model))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lsbench.errors import LsbenchError, unknown_choice
+from lsbench.measure.flops import attention_flops, band_pairs, linear_flops
 from lsbench.variants._blocks import (
     banded_attention,
     ceil_div,
@@ -96,36 +98,81 @@ class Poolingformer(QKVAttention):
             )
 
     @classmethod
-    def _spans(cls, seq_len: int, params: dict[str, Any]) -> tuple[int, int]:
-        """(keys per query computed at level 1, pooled keys per query computed at level 2)."""
-        h1 = min(params["window"] // 2, max(seq_len - 1, 0))
-        s1 = min(default_block(h1), seq_len) + 2 * h1
-        stride = params["pool_stride"]
-        m = max(1, LEVEL2_BLOCK // stride)
-        s2 = min(ceil_div(m * stride + params["pool_window"], stride) + 2,
-                 ceil_div(seq_len, stride) + m + 2)
-        return s1, s2
+    def level2_geometry(cls, seq_len: int, params: dict[str, Any], causal: bool):
+        """How the pooled level is blocked: (w2, m, L, k_start, span).
+
+        Block c holds L = m·ξ queries and sees pooled segments k_start + c·m … + span - 1.
+        Segment s covers tokens [s·ξ, s·ξ + κ) and has centre s·ξ + (κ-1)/2; doubled
+        coordinates keep everything integer.
+        """
+        n, kappa, xi = seq_len, params["pool_kernel"], params["pool_stride"]
+        w2 = min(params["pool_window"], 2 * (n + kappa))  # wider than the sequence: no change
+        m = max(1, min(LEVEL2_BLOCK // xi, ceil_div(n, xi)))
+        L = m * xi
+        k_start = ceil_div(-w2 - kappa + 1, 2 * xi)
+        if causal:  # the whole segment must end at or before the query
+            k_end = (L - kappa) // xi
+        else:
+            k_end = (2 * (L - 1) + w2 - kappa + 1) // (2 * xi)
+        return w2, m, L, k_start, max(1, k_end - k_start + 1)
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
-        s1, s2 = cls._spans(seq_len, params)
+    def _level1_geometry(cls, seq_len: int, params: dict[str, Any], causal: bool):
+        """(one-sided window h1, block, span) of the first level, as `sliding_window_attention`."""
+        h1 = min(params["window"] // 2, max(seq_len - 1, 0))
+        block = max(1, min(default_block(h1), seq_len))
+        return h1, block, block + (h1 if causal else 2 * h1)
+
+    @classmethod
+    def pairs(cls, seq_len: int, params: dict[str, Any], causal: bool) -> tuple[int, int]:
+        """Allowed (query, key) pairs of level 1 (tokens) and level 2 (pooled segments)."""
+        n, kappa, xi = seq_len, params["pool_kernel"], params["pool_stride"]
+        h1, _, _ = cls._level1_geometry(n, params, causal)
+        pairs1 = band_pairs(n, h1, 0 if causal else h1)
+        w2 = cls.level2_geometry(n, params, causal)[0]
+        i = np.arange(n, dtype=np.int64)
+        # segment s is seen when |2i - (2sξ + κ - 1)| <= w2 (causal: also sξ + κ - 1 <= i)
+        lo = np.maximum(-((w2 - 2 * i + kappa - 1) // (2 * xi)), 0)  # ceil((2i-κ+1-w2)/(2ξ))
+        hi = (2 * i - kappa + 1 + w2) // (2 * xi)
+        if causal:
+            hi = np.minimum(hi, (i - kappa + 1) // xi)
+        hi = np.minimum(hi, ceil_div(n, xi) - 1)
+        return pairs1, int(np.clip(hi - lo + 1, 0, None).sum())
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        s1 = cls._level1_geometry(seq_len, params, causal)[2]
+        s2 = cls.level2_geometry(seq_len, params, causal)[4]
         # upper bound: both levels' scores as the math SDPA kernel keeps them (fused: tiles)
         scores = 3.0 * batch_size * n_heads * seq_len * (s1 + s2)
         return scores + 14.0 * batch_size * seq_len * d_model
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+    def _dense_flops(cls, batch_size, seq_len, d_model, n_heads, params) -> float:
+        """Projections (qkv, qkv2, out) and pooling sums, the same useful and computed."""
         n, d = seq_len, d_model
-        kernel, stride = params["pool_kernel"], params["pool_stride"]
-        segments = ceil_div(n, stride)
-        proj = 2.0 * batch_size * n * 7 * d * d  # qkv, qkv2, out
-        keys1 = min(params["window"] + 1, n)
-        keys2 = min(params["pool_window"] // stride + 1, segments)
-        attn = 4.0 * batch_size * n * d * (keys1 + keys2)
-        pool = 2.0 * batch_size * segments * kernel * d * 2  # weighted sums of k and v
-        if params["pooling"] == "ldconv":
-            pool += 2.0 * batch_size * segments * d * n_heads * kernel
-        return proj + attn + pool
+        kappa = params["pool_kernel"]
+        segments = ceil_div(n, params["pool_stride"])
+        total = linear_flops(batch_size * n, d, 7 * d)
+        total += 2 * linear_flops(batch_size * segments * d, kappa, 1)  # Σ δ·k and Σ δ·v
+        if params["pooling"] == "ldconv":  # δ logits from each segment's mean
+            total += linear_flops(batch_size * segments, d, n_heads * kappa)
+        return total
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        pairs1, pairs2 = cls.pairs(seq_len, params, causal)
+        return (cls._dense_flops(batch_size, seq_len, d_model, n_heads, params)
+                + attention_flops(batch_size * (pairs1 + pairs2), d_model))
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        n = seq_len
+        _, block1, span1 = cls._level1_geometry(n, params, causal)
+        _, _, L, _, span2 = cls.level2_geometry(n, params, causal)
+        pairs = ceil_div(n, block1) * block1 * span1 + ceil_div(n, L) * L * span2
+        return (cls._dense_flops(batch_size, n, d_model, n_heads, params)
+                + attention_flops(batch_size * pairs, d_model))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
@@ -142,16 +189,7 @@ class Poolingformer(QKVAttention):
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv2(y).chunk(3, dim=-1))
         kp, vp, seg_ok = self._pool(y, k, v, valid)  # (B, H, M, Dh) ×2, (B, M)
         kappa, xi = self.kernel, self.stride
-        w2 = min(self.pool_window, 2 * (N + kappa))  # wider than the sequence changes nothing
-        m = max(1, min(LEVEL2_BLOCK // xi, ceil_div(N, xi)))
-        L = m * xi  # queries per block; block c sees segments from c·m + k_start on
-        # segment s has centre s·ξ + (κ-1)/2; doubled coordinates keep everything integer
-        k_start = ceil_div(-w2 - kappa + 1, 2 * xi)
-        if self.causal:  # the whole segment must end at or before the query
-            k_end = (L - kappa) // xi
-        else:
-            k_end = (2 * (L - 1) + w2 - kappa + 1) // (2 * xi)
-        span = max(1, k_end - k_start + 1)
+        w2, m, L, k_start, span = self.level2_geometry(N, self.params, self.causal)
         r = torch.arange(L, device=y.device)[:, None]
         s = k_start + torch.arange(span, device=y.device)[None, :]
         twice_dist = 2 * r - (2 * s * xi + kappa - 1)  # 2·(query - segment centre)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from lsbench.variants.transformer import QKVAttention, merge_heads, score_mask
+from lsbench.variants.transformer import QKVAttention, Transformer, merge_heads, score_mask
 
 
 class SDPA(QKVAttention):
@@ -20,9 +20,11 @@ class SDPA(QKVAttention):
     accepts_bias = True
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        return proj + 4.0 * batch_size * seq_len * seq_len * d_model
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        return Transformer.flops(batch_size, seq_len, d_model, n_heads, params, causal)
+
+    # computed_flops = flops: the flash / memory-efficient kernels skip key tiles above the
+    # causal diagonal (only the diagonal tiles do masked extra work, not counted here)
 
     def forward(self, x, mask=None, bias=None):
         q, k, v = self.project(x)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsbench.measure.flops import attention_flops, full_pairs, linear_flops
 from lsbench.variants.base import Variant
 
 
@@ -58,14 +59,20 @@ class Transformer(QKVAttention):
     accepts_bias = True
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
-        # scores + softmax probabilities (+ their grads in training) dominate
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        # scores + softmax probabilities (+ their grads in training) dominate; causal masks
+        # the same N×N matrix, it does not shrink it
         return 3.0 * batch_size * n_heads * seq_len * seq_len + 8.0 * batch_size * seq_len * d_model
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        return proj + 4.0 * batch_size * seq_len * seq_len * d_model  # QKᵀ and PV
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        proj = linear_flops(batch_size * seq_len, d_model, 4 * d_model)
+        return proj + attention_flops(batch_size * full_pairs(seq_len, causal), d_model)
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        # the whole N×N score matrix is multiplied, the causal upper triangle included
+        return cls.flops(batch_size, seq_len, d_model, n_heads, params, causal=False)
 
     def forward(self, x, mask=None, bias=None):
         q, k, v = self.project(x)
