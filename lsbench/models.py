@@ -26,10 +26,13 @@ class EncoderConfig:
     ffn_dim: int = 0  # 0 -> 4 * d_model
     causal: bool = False
     params: dict[str, Any] = field(default_factory=dict)  # variant parameters
+    layer: str = "block"  # "attention": the attention sublayer alone (no norm, no FFN)
 
     def __post_init__(self) -> None:
         if self.ffn_dim == 0:
             self.ffn_dim = 4 * self.d_model
+        if self.layer not in ("block", "attention"):
+            raise LsbenchError(f"layer must be 'block' or 'attention', got {self.layer!r}.")
         variants.check(self.variant, self.d_model, self.n_heads, self.causal, **self.params)
 
 
@@ -47,12 +50,16 @@ class Block(nn.Module):
         if "seed" in variants.get(cfg.variant).defaults:
             # each layer its own random pattern (BigBird draws one per layer), reproducibly
             params["seed"] = params.get("seed", variants.get(cfg.variant).defaults["seed"]) + layer
-        self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = variants.build(cfg.variant, cfg.d_model, cfg.n_heads, cfg.causal, **params)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.ffn = FFN(cfg.d_model, cfg.ffn_dim)
+        self.sublayer_only = cfg.layer == "attention"
+        if not self.sublayer_only:
+            self.ln1 = nn.LayerNorm(cfg.d_model)
+            self.ln2 = nn.LayerNorm(cfg.d_model)
+            self.ffn = FFN(cfg.d_model, cfg.ffn_dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sublayer_only:
+            return self.attn(x, mask=mask)
         x = x + self.attn(self.ln1(x), mask=mask)
         return x + self.ffn(self.ln2(x))
 
@@ -64,7 +71,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer == "block" else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
@@ -79,11 +86,11 @@ class Encoder(nn.Module):
         """
         c = self.cfg
         cls = variants.get(c.variant)
-        count = cls.computed_flops if computed else cls.flops
-        attn = count(batch_size, seq_len, c.d_model, c.n_heads, {**cls.defaults, **c.params},
-                     causal=c.causal)
+        attn = variants.count(cls, "computed_flops" if computed else "flops", batch_size,
+                              seq_len, c.d_model, c.n_heads, {**cls.defaults, **c.params},
+                              causal=c.causal)
         ffn = 2.0 * batch_size * seq_len * 2 * c.d_model * c.ffn_dim
-        return c.n_layers * (attn + ffn)
+        return c.n_layers * (attn + (ffn if c.layer == "block" else 0.0))
 
 
 # --- Causal LM for `lsbench extrapolate` ---------------------------------------------------

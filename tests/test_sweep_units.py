@@ -31,7 +31,7 @@ seq_lens = [16, 32]
 
 # --- suites --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "fastformer-fig2"])
+@pytest.mark.parametrize("name", sorted(suite.builtin_suites()))
 def test_builtin_suites_load(name):
     s = suite.load_suite(name)
     assert s.variants and s.seq_lens and s.modes

@@ -60,6 +60,11 @@ def cuda_info() -> dict[str, Any] | None:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "driver": driver,
+        # TF32 defaults of this process; a run sets its own (suite matmul_precision, per row)
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled(),
+        "mem_efficient_sdp_enabled": torch.backends.cuda.mem_efficient_sdp_enabled(),
     }
 
 
@@ -83,6 +88,7 @@ def fingerprint() -> dict[str, Any]:
         "ram_available_gib": round(vm.available / 2**30, 2),
         "cuda": cuda_info(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
 
 

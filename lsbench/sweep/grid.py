@@ -21,8 +21,15 @@ TRAINING_ACTIVATION_FACTOR = 3  # activations kept for backward + their gradient
 TRAINING_PARAM_FACTOR = 4  # weights, grads, AdamW's two moments
 
 
+# Keys added after the first release enter the id only when not at their default, so configs
+# recorded before them keep their ids (and `--resume` of an old run still recognises them).
+OPTIONAL_ID_KEYS = {"layer": "block", "matmul_precision": "highest"}
+
+
 def config_id(config: dict[str, Any]) -> str:
     key = {k: config[k] for k in ID_KEYS}
+    key.update({k: config[k] for k, default in OPTIONAL_ID_KEYS.items()
+                if config.get(k, default) != default})
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -68,6 +75,8 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
                         "n_layers": suite.n_layers,
                         "ffn_dim": ffn_dim,
                         "causal": suite.causal,
+                        "layer": suite.layer,
+                        "matmul_precision": suite.matmul_precision,
                         "batch_tokens": tokens,
                     }
                     cfg["config_id"] = config_id(cfg)
@@ -91,9 +100,10 @@ def predict_mem_bytes(config: dict[str, Any]) -> float:
     c = config
     cls = variants.get(c["variant"])
     size = DTYPE_BYTES[c["dtype"]]
-    elems = cls.mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"], c["params"],
-                          causal=bool(c.get("causal")))
-    n_params = c["n_layers"] * (4 * c["d_model"] ** 2 + 2 * c["d_model"] * c["ffn_dim"])
+    elems = variants.count(cls, "mem_elems", c["batch_size"], c["seq_len"], c["d_model"],
+                           c["n_heads"], c["params"], causal=bool(c.get("causal")))
+    ffn = 0 if c.get("layer", "block") == "attention" else 2 * c["d_model"] * c["ffn_dim"]
+    n_params = c["n_layers"] * (4 * c["d_model"] ** 2 + ffn)
     inputs = c["batch_size"] * c["seq_len"] * c["d_model"]
     if c["mode"] == "training":
         elems = elems * c["n_layers"] * TRAINING_ACTIVATION_FACTOR
@@ -105,6 +115,7 @@ def calibration_group(config: dict[str, Any]) -> tuple:
     """Configs whose memory differs only through B and N, which `mem_elems` models."""
     return (config["variant"], config["mode"], config["dtype"], config["device"],
             config["d_model"], config["n_heads"], config["n_layers"], config.get("ffn_dim"),
+            config.get("layer", "block"),
             json.dumps({k: v for k, v in config["params"].items() if k != "max_len"},
                        sort_keys=True, default=str))
 

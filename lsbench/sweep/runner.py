@@ -227,6 +227,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                 "device": plan.device,
                 "device_name": device_name(env, plan.device),
                 "dtype": suite.dtype,
+                "matmul_precision": suite.matmul_precision,  # float32 matmuls (TF32 = "high")
                 "threads": plan.threads,
                 "machine_peak_gflops": peak,
                 "machine_peak": probe["machine_peak"],
@@ -316,6 +317,7 @@ def _finish_without_work(plan: Plan, events: Events) -> Outcome:
 
 def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:
     unit = {"kind": "probe", "device": plan.device, "dtype": plan.suite.dtype,
+            "matmul_precision": plan.suite.matmul_precision,
             "threads": plan.threads, "measure_peak": plan.resume_info is None}
     try:
         probe = executor.run(unit, PROBE_TIMEOUT_S)

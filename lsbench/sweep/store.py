@@ -29,7 +29,7 @@ COLUMNS = [
 EXTRA_COLUMNS = [
     "peak_rss_mib", "predicted_mem_mib", "latency_ci_level", "noisy", "threads",
     "iters_per_sample", "flops", "ffn_dim", "causal", "batch_tokens", "params", "measured_at",
-    "precision", "detail", "computed_flops", "sdpa_backend", "matmul_precision",
+    "precision", "detail", "layer", "computed_flops", "sdpa_backend", "matmul_precision",
 ]
 MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "repeats",
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
@@ -37,7 +37,8 @@ MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_
             "sdpa_backend", "matmul_precision"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error")
 CONFIG_KEYS = ("variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
-               "n_heads", "n_layers", "config_id", "ffn_dim", "causal", "batch_tokens", "params")
+               "n_heads", "n_layers", "config_id", "ffn_dim", "causal", "batch_tokens", "params",
+               "layer")
 
 
 def make_row(config: dict[str, Any], result: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 A suite (all sections optional except `[sweep]`; unknown keys are errors):
 
     description = "one line"
-    [model]   d_model, n_heads, n_layers, ffn_dim (0 = 4·d_model), causal
+    [model]   d_model, n_heads, n_layers, ffn_dim (0 = 4·d_model), causal,
+              layer ("block": pre-norm residual block with FFN, the default; "attention": the
+              attention sublayer alone, projections included, as attention-only benchmarks time)
     [sweep]   variants (list or "all"), seq_lens, batch_sizes (list) or batch_tokens
               (batch = max(1, batch_tokens // seq_len)), modes ("inference", "training"),
-              dtype, device ("auto", "cpu", "cuda")
+              dtype, device ("auto", "cpu", "cuda"), matmul_precision (float32 matmuls:
+              "highest" = full fp32, the default; "high" = TF32 on CUDA; "medium")
     [timing]  time_budget_s (timed seconds per config), warmup (steps), timeout_s (per config)
     [params.<variant>]  variant parameters, e.g. [params.longformer] window = 256
 
@@ -33,10 +36,13 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 MODES = ("inference", "training")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+LAYERS = ("block", "attention")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("d_model", "n_heads", "n_layers", "ffn_dim", "causal"),
-    "sweep": ("variants", "seq_lens", "batch_sizes", "batch_tokens", "modes", "dtype", "device"),
+    "model": ("d_model", "n_heads", "n_layers", "ffn_dim", "causal", "layer"),
+    "sweep": ("variants", "seq_lens", "batch_sizes", "batch_tokens", "modes", "dtype", "device",
+              "matmul_precision"),
     "timing": ("time_budget_s", "warmup", "timeout_s"),
 }
 TOP_KEYS = ("name", "description", "params", *SECTIONS)
@@ -54,6 +60,7 @@ class Suite:
     n_layers: int = 1
     ffn_dim: int = 0  # 0 -> 4 * d_model
     causal: bool = False
+    layer: str = "block"
     variants: list[str] = field(default_factory=list)
     seq_lens: list[int] = field(default_factory=list)
     batch_sizes: list[int] | None = None
@@ -61,6 +68,7 @@ class Suite:
     modes: list[str] = field(default_factory=lambda: ["inference"])
     dtype: str = "float32"
     device: str = "auto"
+    matmul_precision: str = "highest"
     time_budget_s: float = 1.0
     warmup: int = 1
     timeout_s: float = 300.0
@@ -188,6 +196,10 @@ def validate(suite: Suite, where: str) -> None:
     for mode in suite.modes:
         if mode not in MODES:
             raise unknown_choice("mode", mode, MODES, where)
+    if suite.layer not in LAYERS:
+        raise unknown_choice("layer", suite.layer, LAYERS, where)
+    if suite.matmul_precision not in MATMUL_PRECISIONS:
+        raise unknown_choice("matmul_precision", suite.matmul_precision, MATMUL_PRECISIONS, where)
     if suite.dtype not in DTYPES:
         raise unknown_choice("dtype", suite.dtype, DTYPES, where)
     if suite.device not in DEVICES and not re.fullmatch(r"cuda:\d+", suite.device):

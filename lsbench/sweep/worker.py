@@ -7,7 +7,7 @@ starts a fresh one for the next unit. Units are JSON-able dicts, so another exec
 GPUs, a cluster) can run the same units.
 
 Units:
-    {"kind": "probe", "device", "dtype", "threads", "measure_peak": bool}
+    {"kind": "probe", "device", "dtype", "threads", "measure_peak": bool, "matmul_precision"}
         -> {"env", "threads", "free_mem_bytes", "total_mem_bytes", "machine_peak", "error"}
     {"kind": "config", "config": {...grid config...}, "time_budget_s", "warmup", "threads"}
         -> {"status", "reason", "latency_ms", ..., "peak_mem_mib", "peak_rss_mib", ...}
@@ -144,6 +144,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.benchmark.utils.timer import timer as clock
 
     from lsbench.measure.memory import track_peak
+    from lsbench.measure.sdpa import SdpaProbe, matmul_precision
     from lsbench.measure.timing import MIN_SAMPLES, time_step
     from lsbench.models import Encoder, EncoderConfig
 
@@ -154,9 +155,10 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         # (a restarted worker never ran the probe's set_device).
         torch.cuda.set_device(device)
     B, N, D = c["batch_size"], c["seq_len"], c["d_model"]
+    torch.set_float32_matmul_precision(c.get("matmul_precision", "highest"))
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"], c["ffn_dim"],
-                                  c["causal"], dict(c["params"])))
+                                  c["causal"], dict(c["params"]), c.get("layer", "block")))
     # inference in the run dtype; half-precision training as mixed precision (fp32 weights)
     amp_dtype = dtype if c["mode"] == "training" and dtype != torch.float32 else None
     weight_dtype = torch.float32 if amp_dtype is not None else dtype
@@ -172,6 +174,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     # The step allocates its gradients afresh (zero_grad(set_to_none=True) first): drop the
     # warm-up's before the baseline, so the CUDA number (peak minus baseline) counts them as
     # the CPU tracker (new storages only) does, instead of netting them out.
+    sdpa_backend = _sdpa_backend(model, x, amp_dtype, SdpaProbe)
     model.zero_grad(set_to_none=True)
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
@@ -198,8 +201,24 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "precision": (f"autocast {c['dtype']}, fp32 weights" if amp_dtype is not None
                       else c["dtype"]),
         "mem_method": mem.method,
+        "sdpa_backend": sdpa_backend,
+        "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
     }
+
+
+def _sdpa_backend(model, x, amp_dtype, probe_cls) -> str:
+    """Which SDPA kernel(s) one forward dispatched to ("" when it calls none), watched in its
+    own untimed forward under the same autocast as the step."""
+    import contextlib
+
+    import torch
+
+    amp = (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
+           else contextlib.nullcontext())
+    with torch.no_grad(), amp, probe_cls() as probe:
+        model(x)
+    return probe.backends
 
 
 def _timing_note(repeats: int, noisy: bool, min_samples: int) -> str:
@@ -219,6 +238,7 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
                            "threads": torch.get_num_threads()}
     device = torch.device(unit["device"])
     dtype = getattr(torch, unit["dtype"])
+    torch.set_float32_matmul_precision(unit.get("matmul_precision", "highest"))  # peak as rows
     if device.type == "cuda":
         if device.index is not None and device.index >= torch.cuda.device_count():
             out["error"] = (f"device {device} does not exist ({torch.cuda.device_count()} "

@@ -12,7 +12,7 @@ import pkgutil
 from typing import Any
 
 from lsbench.errors import LsbenchError, unknown_choice
-from lsbench.variants.base import REGISTRY, Variant
+from lsbench.variants.base import REGISTRY, Variant, count
 
 # Auto-discovery: importing each module registers the Variant subclasses it defines.
 for _mod in pkgutil.iter_modules(__path__):
@@ -60,4 +60,4 @@ def build(name: str, d_model: int, n_heads: int, causal: bool = False, **params:
     return cls(d_model=d_model, n_heads=n_heads, causal=causal, **params)
 
 
-__all__ = ["REGISTRY", "Variant", "build", "check", "get"]
+__all__ = ["REGISTRY", "Variant", "build", "check", "count", "get"]

@@ -9,6 +9,7 @@ projection, mapping x (B, N, D) -> y (B, N, D) for any N >= 1. `mask` (B, N) mar
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,20 @@ from lsbench.errors import LsbenchError
 from lsbench.measure.flops import linear_flops
 
 REGISTRY: dict[str, type[Variant]] = {}
+COUNTS = ("flops", "computed_flops", "mem_elems")
+
+
+def count(cls: type[Variant], what: str, batch_size: int, seq_len: int, d_model: int,
+          n_heads: int, params: dict[str, Any], causal: bool = False) -> float:
+    """`cls.<what>(...)` (one of COUNTS) with `causal`, also for a plugin variant written before
+    `causal` reached the counts (its override then ignores causal, as it always did)."""
+    method = getattr(cls, what)
+    args = (batch_size, seq_len, d_model, n_heads, params)
+    try:
+        takes_causal = "causal" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        takes_causal = True
+    return method(*args, causal=causal) if takes_causal else method(*args)
 
 
 class Variant(nn.Module):
@@ -94,7 +109,7 @@ class Variant(nn.Module):
 
         Equal to `flops` unless the implementation does extra work; override where it does.
         """
-        return cls.flops(batch_size, seq_len, d_model, n_heads, params, causal)
+        return count(cls, "flops", batch_size, seq_len, d_model, n_heads, params, causal)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -1,0 +1,79 @@
+"""GPU-true provenance checked on CPU: the SDPA backend a row ran, float32 matmul precision,
+the attention-only layer, and the GPU suites (bf16 companion, FlashAttention App. E shape)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lsbench.measure.sdpa import SdpaProbe, matmul_precision
+from lsbench.models import Encoder, EncoderConfig
+from lsbench.sweep import grid, suite
+from lsbench.sweep.worker import execute
+
+
+def test_probe_names_the_fused_cpu_kernel_and_the_math_fallback():
+    q = torch.randn(1, 2, 16, 8)
+    with SdpaProbe() as fused:
+        F.scaled_dot_product_attention(q, q, q)
+    assert fused.backends == "flash-cpu"
+    with SdpaProbe() as math, torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        F.scaled_dot_product_attention(q, q, q)
+    assert math.backends == "math"
+    with SdpaProbe() as none:
+        q @ q.transpose(-1, -2)
+    assert none.backends == ""
+
+
+def test_rows_record_backend_and_matmul_precision():
+    config = {"variant": "sdpa", "params": {}, "mode": "inference", "dtype": "float32",
+              "device": "cpu", "batch_size": 1, "seq_len": 64, "d_model": 32, "n_heads": 2,
+              "n_layers": 1, "ffn_dim": 128, "causal": False, "batch_tokens": None,
+              "matmul_precision": "high"}
+    row = execute({"kind": "config", "config": config, "time_budget_s": 0.05, "warmup": 1,
+                   "threads": 1})
+    assert row["status"] == "ok", row
+    assert row["sdpa_backend"] == "flash-cpu" and row["matmul_precision"] == "high"
+    assert row["computed_flops"] >= row["flops"] > 0
+    plain = dict(config, variant="transformer")
+    row = execute({"kind": "config", "config": plain, "time_budget_s": 0.05, "warmup": 1,
+                   "threads": 1})
+    assert row["sdpa_backend"] == ""  # materialised scores: no SDPA call at all
+
+
+def test_matmul_precision_names_tf32_only_on_cuda():
+    assert matmul_precision("cpu") == torch.get_float32_matmul_precision()
+
+
+def test_attention_layer_is_the_sublayer_alone():
+    cfg = EncoderConfig("sdpa", 32, 2, layer="attention")
+    model = Encoder(cfg)
+    assert not any("ffn" in n or "ln" in n for n, _ in model.named_parameters())
+    x = torch.randn(2, 10, 32)
+    assert torch.equal(model(x), model.blocks[0].attn(x))
+    block = Encoder(EncoderConfig("sdpa", 32, 2))
+    assert model.flops(2, 10) < block.flops(2, 10)
+
+
+def test_new_config_keys_keep_old_ids():
+    s = suite.load_suite("smoke")
+    ids = {c["config_id"] for c in grid.build_grid(s, "cpu")}
+    old = [{k: v for k, v in c.items() if k not in ("layer", "matmul_precision")}
+           for c in grid.build_grid(s, "cpu")]
+    assert {grid.config_id(c) for c in old} == ids  # defaults do not enter the id
+    tf32 = suite.override(s, matmul_precision="high")
+    assert not ids & {c["config_id"] for c in grid.build_grid(tf32, "cpu")}
+
+
+def test_gpu_suites():
+    bf16 = suite.load_suite("fastformer-fig2-bf16")
+    fp32 = suite.load_suite("fastformer-fig2")
+    assert bf16.dtype == "bfloat16" and fp32.dtype == "float32"
+    assert fp32.matmul_precision == "highest"  # the paper's era: no TF32
+    assert (bf16.variants, bf16.seq_lens, bf16.batch_tokens) == (
+        fp32.variants, fp32.seq_lens, fp32.batch_tokens)
+    app_e = suite.load_suite("flash-appendix-e")
+    assert (app_e.d_model // app_e.n_heads, app_e.n_heads, app_e.batch_sizes) == (64, 8, [16])
+    assert app_e.dtype == "float16" and app_e.modes == ["training"] and app_e.layer == "attention"
+    assert app_e.seq_lens[0] == 1024 and app_e.seq_lens[-1] == 65536
+    assert {"transformer", "sdpa", "linformer", "longformer", "bigbird"} == set(app_e.variants)
