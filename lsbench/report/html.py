@@ -8,6 +8,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 import lsbench
+from lsbench.measure.flops import CONVENTION as FLOP_CONVENTION
 from lsbench.report.views import Section
 
 
@@ -31,4 +32,5 @@ def render_html(sections: list[Section], title: str) -> str:
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         has_latency=any(s.kind == "run" for s in sections),
         has_extrapolation=any(s.kind == "extrapolate" for s in sections),
+        flop_convention=FLOP_CONVENTION,
     )
