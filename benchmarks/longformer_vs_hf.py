@@ -8,6 +8,7 @@ of 2w, which HF's layer requires (its model pads; the layer does not).
 
     python benchmarks/longformer_vs_hf.py                        # N = 1024 … 4096, w = 256
     python benchmarks/longformer_vs_hf.py --lens 2048 --global-tokens 1
+    python benchmarks/longformer_vs_hf.py --batch-size 8 --backward   # forward + backward
 """
 
 from __future__ import annotations
@@ -43,13 +44,19 @@ def hf_layer(ours, w: int, d_model: int, n_heads: int):
 
 
 def measure(fn, args) -> tuple[float, float, float]:
-    """(median ms, IQR ms, peak MiB) of one no-grad call."""
-    with torch.no_grad():
-        fn()  # warm-up
-        with track_peak("cpu") as mem:
-            fn()
-        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
-        m = timer.blocked_autorange(min_run_time=args.min_run_time)
+    """(median ms, IQR ms, peak MiB) of one no-grad call, or forward + backward (--backward)."""
+    if args.backward:
+        def step():
+            fn().sum().backward()
+    else:
+        def step():
+            with torch.no_grad():
+                fn()
+    step()  # warm-up
+    with track_peak("cpu") as mem:
+        step()
+    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=args.threads)
+    m = timer.blocked_autorange(min_run_time=args.min_run_time)
     return m.median * 1e3, m.iqr * 1e3, mem.peak_mib
 
 
@@ -62,6 +69,7 @@ def main() -> None:
     p.add_argument("--n-heads", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--backward", action="store_true", help="time forward + backward")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per cell")
     args = p.parse_args()
     lens = [int(n) for n in args.lens.split(",")]
@@ -71,13 +79,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours = build("longformer", args.d_model, args.n_heads, window=args.window,
-                 global_tokens=args.global_tokens).eval()
+                 global_tokens=args.global_tokens).eval()  # eval: no dropout on either side
     hf = hf_layer(ours, args.window, args.d_model, args.n_heads)
     g = args.global_tokens
 
     table = Table(title=f"longformer vs HF LongformerSelfAttention — B={args.batch_size}, "
                         f"d_model={args.d_model}, {args.n_heads} heads, w={args.window} one-sided, "
-                        f"{g} global, {args.threads} threads, CPU float32")
+                        f"{g} global, {args.threads} threads, CPU float32, "
+                        f"{'forward+backward' if args.backward else 'forward'}")
     for col in ("N", "ours ms", "HF ms", "HF / ours", "ours MiB", "HF MiB", "max |Δ|"):
         table.add_column(col, justify="right")
     for n in lens:
