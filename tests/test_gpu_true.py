@@ -77,3 +77,37 @@ def test_gpu_suites():
     assert app_e.dtype == "float16" and app_e.modes == ["training"] and app_e.layer == "attention"
     assert app_e.seq_lens[0] == 1024 and app_e.seq_lens[-1] == 65536
     assert {"transformer", "sdpa", "linformer", "longformer", "bigbird"} == set(app_e.variants)
+
+
+class _Overflows(torch.nn.Module):
+    def forward(self, x, mask=None):
+        return x * float("inf")
+
+
+def _config(variant: str, dtype: str = "float32") -> dict:
+    return {"variant": variant, "params": {}, "mode": "inference", "dtype": dtype,
+            "device": "cpu", "batch_size": 1, "seq_len": 16, "d_model": 8, "n_heads": 2,
+            "n_layers": 1, "ffn_dim": 32, "causal": False, "batch_tokens": None}
+
+
+def test_a_forward_that_overflows_is_an_error_row_not_a_timing(monkeypatch):
+    from lsbench.variants import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["fastformer"], "forward", _Overflows.forward)
+    row = execute({"kind": "config", "config": _config("fastformer"), "time_budget_s": 0.05,
+                   "warmup": 1, "threads": 1})
+    assert row["status"] == "error" and "not finite in float32" in row["reason"]
+    assert "latency_ms" not in row
+
+
+def test_an_unsupported_dtype_is_named(monkeypatch):
+    from lsbench.variants import REGISTRY
+
+    def forward(self, x, mask=None):
+        raise RuntimeError('"addmm_impl_cpu_" not implemented for \'Half\'')
+
+    monkeypatch.setattr(REGISTRY["fastformer"], "forward", forward)
+    row = execute({"kind": "config", "config": _config("fastformer", "float16"),
+                   "time_budget_s": 0.05, "warmup": 1, "threads": 1})
+    assert row["status"] == "error"
+    assert row["reason"].startswith("an op of this variant cannot run Half on this device")

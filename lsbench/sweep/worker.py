@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import re
 import signal
 import threading
 import time
@@ -174,7 +175,11 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     # The step allocates its gradients afresh (zero_grad(set_to_none=True) first): drop the
     # warm-up's before the baseline, so the CUDA number (peak minus baseline) counts them as
     # the CPU tracker (new storages only) does, instead of netting them out.
-    sdpa_backend = _sdpa_backend(model, x, amp_dtype, SdpaProbe)
+    sdpa_backend, finite = _checked_forward(model, x, amp_dtype, SdpaProbe)
+    if not finite:  # timing a computation that overflowed would describe a broken model
+        return {"status": "error", "reason": (
+            f"the forward's output is not finite in {c['dtype']} on {device.type} (overflow "
+            f"in this precision); no time or memory is reported for it — use a wider dtype")}
     model.zero_grad(set_to_none=True)
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
@@ -207,9 +212,9 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sdpa_backend(model, x, amp_dtype, probe_cls) -> str:
-    """Which SDPA kernel(s) one forward dispatched to ("" when it calls none), watched in its
-    own untimed forward under the same autocast as the step."""
+def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
+    """One untimed forward under the step's autocast: (the SDPA kernel(s) it dispatched to,
+    "" when it calls none; whether its output is finite). Its host sync is outside timing."""
     import contextlib
 
     import torch
@@ -217,8 +222,8 @@ def _sdpa_backend(model, x, amp_dtype, probe_cls) -> str:
     amp = (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
     with torch.no_grad(), amp, probe_cls() as probe:
-        model(x)
-    return probe.backends
+        y = model(x)
+    return probe.backends, bool(torch.isfinite(y).all())
 
 
 def _timing_note(repeats: int, noisy: bool, min_samples: int) -> str:
@@ -270,7 +275,10 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute(unit: dict[str, Any]) -> dict[str, Any]:
-    """Run one unit in this process; a failure becomes a row, never an exception."""
+    """Run one unit in this process; a failure becomes a row, never an exception.
+
+    A dtype an op cannot run on this device becomes an `error` row saying so, as does a
+    forward whose output overflows (not finite) in the run's precision."""
     if unit.get("kind") == "probe":
         try:
             return probe(unit)
@@ -292,6 +300,10 @@ def _failure(e: BaseException) -> dict[str, Any]:
     status = "oom" if is_oom(e) else "error"
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     reason = f"{type(e).__name__}: {msg}"[:500]
+    unsupported = re.search(r"not implemented for '(Half|BFloat16|Float8\w*)'", msg)
+    if unsupported:
+        reason = (f"an op of this variant cannot run {unsupported.group(1)} on this device "
+                  f"({reason}); use another dtype or device")[:500]
     detail = "".join(traceback.format_exception(e)[-3:])[-2000:]
     return {"status": status, "reason": reason, "traceback": detail}
 
