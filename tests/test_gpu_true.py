@@ -34,7 +34,7 @@ def test_rows_record_backend_and_matmul_precision():
                    "threads": 1})
     assert row["status"] == "ok", row
     assert row["sdpa_backend"] == "flash-cpu" and row["matmul_precision"] == "high"
-    assert row["computed_flops"] >= row["flops"] > 0
+    assert row["computed_flops"] >= row["flops"] > 0 and row["device_name"]
     plain = dict(config, variant="transformer")
     row = execute({"kind": "config", "config": plain, "time_budget_s": 0.05, "warmup": 1,
                    "threads": 1})

@@ -144,6 +144,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.benchmark.utils.timer import timer as clock
 
+    from lsbench.measure.env import cpu_model
     from lsbench.measure.memory import track_peak
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision
     from lsbench.measure.timing import MIN_SAMPLES, time_step
@@ -207,6 +208,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
                       else c["dtype"]),
         "mem_method": mem.method,
         "sdpa_backend": sdpa_backend,
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else cpu_model()),
         "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
     }
