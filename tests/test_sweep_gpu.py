@@ -226,3 +226,35 @@ def test_cuda_config_on_a_second_device_makes_it_current():
         assert r["status"] == "ok" and torch.cuda.current_device() == last
     finally:
         torch.cuda.set_device(previous)
+
+
+def _gpu_row(variant: str, dtype: str, n: int = 1024, mode: str = "inference") -> dict:
+    from lsbench.sweep.worker import execute
+
+    config = {"variant": variant, "params": {"max_len": n} if variant == "linformer" else {},
+              "mode": mode, "dtype": dtype, "device": "cuda", "batch_size": 2, "seq_len": n,
+              "d_model": 256, "n_heads": 4, "n_layers": 1, "ffn_dim": 1024, "causal": False,
+              "batch_tokens": None}
+    return execute({"kind": "config", "config": config, "time_budget_s": 0.2, "warmup": 1,
+                    "threads": 1})
+
+
+def test_cuda_sdpa_backend_is_recorded_flash_in_bf16():
+    bf16 = _gpu_row("sdpa", "bfloat16")
+    fp32 = _gpu_row("sdpa", "float32")
+    assert bf16["status"] == fp32["status"] == "ok", (bf16, fp32)
+    # fp16/bf16 with head dim 64: a fused kernel (flash, or cuDNN where torch prefers it)
+    assert bf16["sdpa_backend"] in ("flash", "cudnn"), bf16["sdpa_backend"]
+    assert fp32["sdpa_backend"] and fp32["sdpa_backend"] != "flash", fp32["sdpa_backend"]
+    assert "matmul" in fp32["matmul_precision"] and bf16["device_name"]
+
+
+@pytest.mark.parametrize("variant", ["longformer", "bigbird", "poolingformer", "linformer",
+                                     "linear", "fastformer", "transformer"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_cuda_every_fig2_variant_runs_each_dtype(variant, dtype):
+    """Both modes; a dtype a variant cannot run must come back as an error row naming it."""
+    for mode in ("inference", "training"):
+        row = _gpu_row(variant, dtype, n=2048, mode=mode)
+        assert row["status"] == "ok", (variant, dtype, mode, row.get("reason"))
+        assert row["latency_ms"] > 0 and row["peak_mem_mib"] > 0
