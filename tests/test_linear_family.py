@@ -358,3 +358,17 @@ def test_half_precision_forward_backward_on_cpu(name, causal, dtype):
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
     tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     torch.testing.assert_close(y.float()[mask], ref[mask], atol=tol, rtol=tol)
+
+
+def test_fastformer_dispatches_the_official_matmuls():
+    # same matrix products as the official layer up to its output dense (FlopCounterMode counts
+    # mm/bmm/addmm only): nothing left out, nothing added
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m, x = make("fastformer"), randn(2, 40, D)
+    counts = []
+    for run in (lambda: m(x), lambda: fastformer_official_steps(m, x, torch.zeros(2, 1, 40))):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
