@@ -104,32 +104,100 @@ def test_linear_chunk_must_be_positive():
 # --- linformer (Wang et al.) ---------------------------------------------------------------
 
 
-def linformer_reference(m, x, mask):
-    """Per head: softmax(Q_i (E K_i)ᵀ / √Dh) (F V_i), E and F cut to the first N columns."""
+def linformer_fairseq_forward(m, x, mask):
+    """fairseq `MultiheadLinearAttention.forward` (examples/linformer), self-attention branch.
+
+    Restated line by line in its Time × Batch × Channel layout with our parameters:
+    q_proj / k_proj / v_proj = rows [0, D), [D, 2D), [2D, 3D) of `qkv`, compress_k = E,
+    compress_v = F (E when shared_kv_compressed), out_proj = `out`. The one addition is ours:
+    padded positions of the compressed input are zeroed (fairseq's branch ignores the mask).
+    """
+    w, b = m.qkv.weight, m.qkv.bias
+    query = x.transpose(0, 1)  # T x B x C
+    tgt_len, bsz, embed_dim = query.size()
+    num_heads, head_dim = H, DH
+    scaling = head_dim**-0.5
+    compress_k = m.E
+    compress_v = m.E if m.F is None else m.F
+    q = F.linear(query, w[:D], b[:D])
+    kv_source = query if mask is None else query * mask.t()[:, :, None]
+    k_input = kv_source.permute(1, 2, 0).contiguous()  # B * C * T
+    k_input = F.linear(k_input, compress_k[:, 0:tgt_len]).permute(2, 0, 1).contiguous()
+    k = F.linear(k_input, w[D : 2 * D], b[D : 2 * D])
+    v_input = kv_source.permute(1, 2, 0).contiguous()  # B * C * T
+    v_input = F.linear(v_input, compress_v[:, 0:tgt_len]).permute(2, 0, 1).contiguous()
+    v = F.linear(v_input, w[2 * D :], b[2 * D :])
+    q = q * scaling
+    q = q.contiguous().view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
+    k = k.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
+    v = v.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
+    attn_weights = torch.bmm(q, k.transpose(1, 2))
+    attn_probs = torch.softmax(attn_weights, dim=-1)
+    attn = torch.bmm(attn_probs, v)
+    attn = attn.transpose(0, 1).contiguous().view(tgt_len, bsz, embed_dim)
+    return m.out(attn).transpose(0, 1)  # back to B x T x C
+
+
+def linformer_project_first(m, x):
+    """The other order, E·(x W_Kᵀ + b_K): equal to fairseq's only when the biases are zero."""
     N = x.shape[1]
     q, k, v = (heads(t) for t in m.qkv(x).chunk(3, dim=-1))
-    if mask is not None:
-        k = k * mask[:, None, :, None]
-        v = v * mask[:, None, :, None]
-    E = m.E[:, :N]
-    Fm = m.E[:, :N] if m.F is None else m.F[:, :N]
-    outs = []
-    for h in range(H):
-        kh = torch.einsum("kn,bnd->bkd", E, k[:, h])  # (B, k, Dh)
-        vh = torch.einsum("kn,bnd->bkd", Fm, v[:, h])  # (B, k, Dh)
-        p = torch.softmax(q[:, h] @ kh.transpose(1, 2) / math.sqrt(DH), dim=-1)  # (B, N, k)
-        outs.append(p @ vh)
-    return m.out(torch.cat(outs, dim=-1))
+    Fm = m.E if m.F is None else m.F
+    k = torch.einsum("kn,bhnd->bhkd", m.E[:, :N], k)  # (B, H, k, Dh)
+    v = torch.einsum("kn,bhnd->bhkd", Fm[:, :N], v)  # (B, H, k, Dh)
+    p = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(DH), dim=-1)  # (B, H, N, k)
+    return m.out(unheads(p @ v))
 
 
 @pytest.mark.parametrize("sharing", ["headwise", "key-value"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_linformer_equals_reference(sharing, masked):
+def test_linformer_equals_fairseq_forward(sharing, masked):
     m = make("linformer", k=16, max_len=128, sharing=sharing)
     x = randn(2, 50, D)
     mask = padding_mask(2, 50) if masked else None
     with torch.no_grad():
-        torch.testing.assert_close(m(x, mask=mask), linformer_reference(m, x, mask))
+        torch.testing.assert_close(m(x, mask=mask), linformer_fairseq_forward(m, x, mask))
+
+
+def test_linformer_compresses_before_projecting():
+    # With biases the two orders differ (E·1 scales b_K); without, they agree. This pins the
+    # order to fairseq's: the test above would also pass for "project first" with zero biases.
+    m = make("linformer", k=16, max_len=64)
+    x = randn(2, 40, D)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), linformer_project_first(m, x))
+        m.qkv.bias.zero_()
+        torch.testing.assert_close(m(x), linformer_project_first(m, x))
+
+
+def test_linformer_padding_does_not_reach_real_tokens():
+    m = make("linformer", k=16, max_len=64)
+    x, mask = randn(2, 40, D), padding_mask(2, 40)
+    y = randn(2, 40, D, seed=7)
+    x2 = torch.where(mask[:, :, None], x, y)  # same real tokens, different padding
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, mask=mask)[mask], m(x2, mask=mask)[mask])
+
+
+@pytest.mark.parametrize("n", [40, 64])
+def test_linformer_equals_lucidrains_without_biases(n):
+    """lucidrains `linformer` 0.2.3 `LinformerSelfAttention` (bias-free to_q/to_k/to_v, projects
+    after to_k): with our qkv bias zeroed and weights copied, the outputs agree. Runs when the
+    test dependency `linformer` is installed (the fairseq restatement above always runs)."""
+    lucid = pytest.importorskip("linformer")
+    m = make("linformer", k=16, max_len=64)
+    peer = lucid.LinformerSelfAttention(D, seq_len=64, k=16, heads=H).double().eval()
+    with torch.no_grad():
+        m.qkv.bias.zero_()
+        wq, wk, wv = m.qkv.weight.chunk(3, dim=0)
+        peer.to_q.weight.copy_(wq)
+        peer.to_k.weight.copy_(wk)
+        peer.to_v.weight.copy_(wv)
+        peer.proj_k.copy_(m.E.t())  # lucidrains stores E transposed: (seq_len, k)
+        peer.proj_v.copy_(m.F.t())
+        peer.to_out.load_state_dict(m.out.state_dict())
+        x = randn(2, n, D)
+        torch.testing.assert_close(m(x), peer(x))
 
 
 def test_linformer_sharing_modes_have_their_parameters():
@@ -162,7 +230,9 @@ def test_linformer_unknown_sharing_suggests():
 
 
 def fastformer_official_steps(m, hidden_states, attention_mask):
-    """The official `FastSelfAttention.forward` (wuch15/Fastformer), restated step by step.
+    """The official `FastSelfAttention.forward` (wuch15/Fastformer), restated step by step,
+    followed by `BertSelfOutput.dense` (the part of `FastAttention.output` before its dropout
+    and LayerNorm(· + input), which the encoder block supplies).
 
     `attention_mask` is the official extended mask: (1 - mask) * -10000, shape (B, 1, N).
     """
@@ -183,7 +253,8 @@ def fastformer_official_steps(m, hidden_states, attention_mask):
     pooled_key = torch.matmul(query_key_weight, key_layer)
     weighted_value = (pooled_key * query_layer).transpose(1, 2)
     weighted_value = weighted_value.reshape(weighted_value.size()[:-2] + (D,))
-    return m.transform(weighted_value) + mixed_query_layer
+    weighted_value = m.transform(weighted_value) + mixed_query_layer
+    return m.dense(weighted_value)  # FastAttention.output.dense
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -198,15 +269,106 @@ def test_fastformer_equals_official_steps(n, masked):
         torch.testing.assert_close(ours, fastformer_official_steps(m, x, extended))
 
 
-def test_fastformer_loads_official_parameter_names():
-    official = {
-        "query.weight": (D, D), "query.bias": (D,),
-        "query_att.weight": (H, D), "query_att.bias": (H,),
-        "key.weight": (D, D), "key.bias": (D,),
-        "key_att.weight": (H, D), "key_att.bias": (H,),
-        "transform.weight": (D, D), "transform.bias": (D,),
+def official_fast_attention_state(prefix: str = "") -> dict[str, torch.Tensor]:
+    """Random tensors under the official `FastAttention` names and shapes (D, H as above)."""
+    shapes = {
+        "self.query.weight": (D, D), "self.query.bias": (D,),
+        "self.query_att.weight": (H, D), "self.query_att.bias": (H,),
+        "self.key.weight": (D, D), "self.key.bias": (D,),
+        "self.key_att.weight": (H, D), "self.key_att.bias": (H,),
+        "self.transform.weight": (D, D), "self.transform.bias": (D,),
+        "output.dense.weight": (D, D), "output.dense.bias": (D,),
+        "output.LayerNorm.weight": (D,), "output.LayerNorm.bias": (D,),
     }
+    gen = torch.Generator().manual_seed(3)
+    return {prefix + k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "fastformer_model.encoders.0.attention."])
+def test_fastformer_loads_official_fast_attention(prefix):
     m = build("fastformer", d_model=D, n_heads=H)
-    state = {k: torch.randn(shape) for k, shape in official.items()}
-    m.load_state_dict(state, strict=True)  # raises on any missing / unexpected / misshapen key
-    assert torch.equal(m.key_att.weight, state["key_att.weight"])
+    state = official_fast_attention_state(prefix)
+    if prefix:
+        state["fastformer_model.LayerNorm.weight"] = torch.ones(D)  # outside the prefix: ignored
+    left_out = m.load_official(state, prefix=prefix)
+    assert sorted(left_out) == [prefix + f"output.LayerNorm.{p}" for p in ("bias", "weight")]
+    assert torch.equal(m.key_att.weight, state[prefix + "self.key_att.weight"])
+    assert torch.equal(m.dense.bias, state[prefix + "output.dense.bias"])
+    loaded = dict(m.state_dict())
+    assert len(loaded) == 12 and all(
+        torch.equal(v, state[prefix + ("output." if k.startswith("dense") else "self.") + k])
+        for k, v in loaded.items()
+    )
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected", "misshapen"])
+def test_fastformer_official_load_names_what_is_wrong(change):
+    m = build("fastformer", d_model=D, n_heads=H)
+    state = official_fast_attention_state()
+    if change == "missing":
+        del state["output.dense.weight"]
+    elif change == "unexpected":
+        state["self.value.weight"] = torch.zeros(D, D)
+    else:
+        state["self.query_att.weight"] = torch.zeros(H + 1, D)
+    with pytest.raises(LsbenchError, match="dense.weight|self.value|query_att"):
+        m.load_official(state)
+
+
+# --- half precision ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_linear_half_precision_long_sequence_matches_float32(causal, dtype):
+    # Dh = 16, N = 8192: φ(q)·Σ φ(k) ≈ 16 · 8192 > 65504. Computed in float16 the denominator
+    # was inf and the output silently 0 (finite, so only the comparison catches it).
+    n, d_model, n_heads = 8192, 64, 4
+    torch.manual_seed(0)
+    m = build("linear", d_model=d_model, n_heads=n_heads, causal=causal).eval()
+    x = torch.randn(1, n, d_model, requires_grad=True)
+    ref = m(x)
+    ref.square().sum().backward()  # sum, not mean: float16 grads of 1/(N·D) underflow
+    ref_grad = x.grad
+    xh = x.detach().to(dtype).requires_grad_()
+    y = m.to(dtype)(xh)
+    y.float().square().sum().backward()
+    assert y.dtype == dtype and torch.isfinite(y).all() and torch.isfinite(xh.grad).all()
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(y.float(), ref.detach(), atol=tol, rtol=tol)
+    scale = ref_grad.abs().max()
+    torch.testing.assert_close(xh.grad.float() / scale, ref_grad / scale, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name,causal", [("linear", False), ("linear", True),
+                                         ("linformer", False), ("fastformer", False)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_backward_on_cpu(name, causal, dtype):
+    n, d_model, n_heads = 256, 64, 4
+    params = {"max_len": n} if name == "linformer" else {}
+    torch.manual_seed(0)
+    m = build(name, d_model=d_model, n_heads=n_heads, causal=causal, **params)
+    x, mask = torch.randn(2, n, d_model), padding_mask(2, n)
+    with torch.no_grad():
+        ref = m(x, mask=mask)
+    m = m.to(dtype)
+    y = m(x.to(dtype), mask=mask)
+    y.float().sum().backward()
+    assert y.dtype == dtype
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
+    torch.testing.assert_close(y.float()[mask], ref[mask], atol=tol, rtol=tol)
+
+
+def test_fastformer_dispatches_the_official_matmuls():
+    # same matrix products as the official layer up to its output dense (FlopCounterMode counts
+    # mm/bmm/addmm only): nothing left out, nothing added
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m, x = make("fastformer"), randn(2, 40, D)
+    counts = []
+    for run in (lambda: m(x), lambda: fastformer_official_steps(m, x, torch.zeros(2, 1, 40))):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0

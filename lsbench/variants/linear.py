@@ -13,6 +13,11 @@ j <= i (causal), with eps = 1e-6 as in fast-transformers' `LinearAttention`.
   cumulative sum over chunk totals. Memory O(N·H·chunk + N·H·Dh²/chunk). The paper's CUDA kernel
   streams the state instead; the arithmetic is the same.
 - Padding: φ(k) and v of masked positions are zeroed, so they are excluded from every sum.
+- Half precision: Σ_j φ(k_j) grows with N and φ(q)·Σ φ(k) exceeds float16's 65504 near
+  N = 4096 (Dh = 16), which made the denominator inf and the output silently 0. In float16 and
+  bfloat16 the state Σ φ(k)[v 1]ᵀ, its products with φ(q) and the denominator are therefore
+  computed in float32; the causal within-chunk C × C form (at most C terms) stays in the
+  input dtype; the output is cast back.
 - Simplified: no dropout; the feature map is the paper's fixed elu + 1 (no learned maps).
 
 Shape legend: B batch, N length, D d_model, H heads, Dh head dim, C chunk, M = ceil(N / C).
@@ -23,26 +28,51 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lsbench.measure.flops import linear_flops
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 EPS = 1e-6
+HALF = (torch.float16, torch.bfloat16)
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1
 
 
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs: sums over N positions outgrow float16's 65504."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Non-causal: q, k already feature-mapped, (B, H, N, Dh) each -> (B, H, N, Dh)."""
+    """Non-causal: q, k already feature-mapped, (B, H, N, Dh) each -> (B, H, N, Dh).
+
+    Every product here sums over N (state) or over Dh entries of an N-sized sum (numerator,
+    denominator), so all of it runs in `accum_dtype`; it is O(N·D·Dh), 1/(2H) of the projections.
+    """
+    acc = accum_dtype(q.dtype)
+    q, k, v = (t.to(acc) for t in (q, k, v))  # no copy unless half precision
     kv = k.transpose(-2, -1) @ v  # (B, H, Dh, Dh)
     z = k.sum(dim=-2)  # (B, H, Dh)
     den = (q @ z.unsqueeze(-1)) + EPS  # (B, H, N, 1)
     return (q @ kv) / den
 
 
+def exclusive_cumsum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of the entries before each one along `dim` (shift, not cumsum - t: no cancellation)."""
+    total = t.cumsum(dim).narrow(dim, 0, t.shape[dim] - 1)
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [1, 0]  # one zero slice in front of `dim`
+    return F.pad(total, pad)
+
+
 def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             chunk: int) -> torch.Tensor:
-    """Causal prefix sums in chunks: q, k feature-mapped, (B, H, N, Dh) -> (B, H, N, Dh)."""
+    """Causal prefix sums in chunks: q, k feature-mapped, (B, H, N, Dh) -> (B, H, N, Dh).
+
+    The state carried across chunks (Σ φ(k) vᵀ, Σ φ(k)) grows with N and is kept, with its
+    products, in `accum_dtype`; the within-chunk C × C form sums at most C terms and stays in
+    the input dtype (it is the costly part: 4·N·C·D FLOPs).
+    """
     B, H, N, Dh = q.shape
     C = min(chunk, N)
     M = -(-N // C)
@@ -50,16 +80,16 @@ def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if pad:  # zero φ(k), v at the tail add nothing to any sum; the tail outputs are cropped
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     q, k, v = (t.reshape(B, H, M, C, Dh) for t in (q, k, v))  # (B, H, M, C, Dh)
+    acc = accum_dtype(q.dtype)
+    qa, ka, va = (t.to(acc) for t in (q, k, v))  # no copy unless half precision
     # state from all earlier chunks: exclusive cumulative sum of per-chunk totals
-    kv = k.transpose(-2, -1) @ v  # (B, H, M, Dh, Dh)
-    kv = kv.cumsum(dim=2) - kv  # (B, H, M, Dh, Dh)
-    z = k.sum(dim=-2)  # (B, H, M, Dh)
-    z = z.cumsum(dim=2) - z  # (B, H, M, Dh)
+    kv = exclusive_cumsum(ka.transpose(-2, -1) @ va, dim=2)  # (B, H, M, Dh, Dh)
+    z = exclusive_cumsum(ka.sum(dim=-2), dim=2)  # (B, H, M, Dh)
     # within the chunk: the masked quadratic form
     tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     a = (q @ k.transpose(-2, -1)).masked_fill(~tril, 0.0)  # (B, H, M, C, C)
-    num = a @ v + q @ kv  # (B, H, M, C, Dh)
-    den = a.sum(dim=-1, keepdim=True) + q @ z.unsqueeze(-1) + EPS  # (B, H, M, C, 1)
+    num = (a @ v).to(acc) + qa @ kv  # (B, H, M, C, Dh)
+    den = a.sum(dim=-1, keepdim=True, dtype=acc) + qa @ z.unsqueeze(-1) + EPS  # (B, H, M, C, 1)
     y = (num / den).reshape(B, H, M * C, Dh)  # (B, H, N + pad, Dh)
     return y[:, :, :N]
 
@@ -78,24 +108,41 @@ class Linear(QKVAttention):
         cls.require_positive(params, "chunk")
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         base = 8.0 * batch_size * seq_len * d_model
-        if not params.get("causal", False):
+        if not causal:
             return base
-        chunk = params.get("chunk", cls.defaults["chunk"])
+        chunk = min(params.get("chunk", cls.defaults["chunk"]), seq_len)
         head_dim = d_model // n_heads
         # chunk scores (B, H, M, C, C) and carried states (B, H, M, Dh, Dh)
         return base + batch_size * n_heads * seq_len * (chunk + head_dim**2 / chunk)
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        """Projections + the prefix-sum form, causal or not (the same count).
+
+        The normaliser is the state's extra column: S = φ(K)ᵀ[V 1] is (Dh × (Dh + 1)) per head,
+        so building S and reading it (φ(Q) S) cost 2·N·D·(Dh + 1) each. Causal prefix sums do
+        the same work position by position (S_i = S_{i-1} + φ(k_i)[v_i 1]ᵀ).
+        """
         head_dim = d_model // n_heads
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        kernel = 2 * 2.0 * batch_size * seq_len * d_model * head_dim  # φ(K)ᵀV and φ(Q)S
-        if params.get("causal", False):
-            chunk = params.get("chunk", cls.defaults["chunk"])
-            kernel += 2 * 2.0 * batch_size * seq_len * chunk * d_model  # intra-chunk QKᵀ, AV
-        return proj + kernel
+        rows = batch_size * seq_len
+        proj = linear_flops(rows, d_model, 4 * d_model)  # qkv and out
+        return proj + 2 * linear_flops(rows, d_model, head_dim + 1)  # build S, read S
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        """Causal: chunk states over the padded length, plus each chunk's C × C form."""
+        if not causal:
+            return cls.flops(batch_size, seq_len, d_model, n_heads, params, causal)
+        head_dim = d_model // n_heads
+        C = min(params.get("chunk", cls.defaults["chunk"]), seq_len)
+        padded = batch_size * -(-seq_len // C) * C  # rows the chunked kernel multiplies
+        proj = linear_flops(batch_size * seq_len, d_model, 4 * d_model)  # before the padding
+        states = 2 * linear_flops(padded, d_model, head_dim + 1)  # per-chunk S, φ(Q)·S
+        scores = linear_flops(padded, d_model, C)  # φ(Q)φ(K)ᵀ, C × C per chunk and head
+        within = linear_flops(padded, C, n_heads * (head_dim + 1))  # A·[V 1]
+        return proj + states + scores + within
 
     def forward(self, x, mask=None):
         q, k, v = self.project(x)  # 3 × (B, H, N, Dh)
@@ -107,4 +154,4 @@ class Linear(QKVAttention):
             y = causal_linear_attention(q, k, v, self.params["chunk"])
         else:
             y = linear_attention(q, k, v)  # (B, H, N, Dh)
-        return self.out(merge_heads(y))  # (B, N, D)
+        return self.out(merge_heads(y.to(x.dtype)))  # (B, N, D)

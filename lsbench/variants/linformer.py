@@ -5,16 +5,25 @@ https://arxiv.org/abs/2006.04768 (authors' code: fairseq `examples/linformer`).
 
 head_i = softmax(Q_i (E K_i)ᵀ / √Dh) (F V_i), with E, F ∈ R^{k×n}.
 
+Computed as the authors' code computes it (fairseq `MultiheadLinearAttention.forward`,
+self-attention branch): the *input* is compressed along the sequence first, E·x (B, k, D), and
+the key projection is applied to those k rows, k = (E x) W_Kᵀ + b_K (likewise v from F·x); only
+the queries are projected over all N rows. With bias-free projections this is the paper's
+E·(x W_Kᵀ); with biases it differs only in that b_K is added once per compressed row. The cost is
+what the authors' code pays: 2·k·N·D per compression and 2·k·D² per key/value projection,
+instead of 2·N·D² for projecting all N rows first.
+
 - Projection sized per N: E and F are (k, max_len) parameters and a length-N input uses their
   first N columns, as the authors' code does (`compress_k.weight[:, 0:tgt_len]`). A sweep that
   passes `max_len=N` gives every length its own projection; N > max_len is an error.
 - Sharing (paper §4, "parameter sharing"): `headwise` (default, as the authors' code: one E and
   one F per layer, shared by all heads) or `key-value` (one matrix, E = F, for keys and values).
   Layerwise sharing spans layers, so it is outside a single sublayer and not offered here.
-- Simplified: E and F project the keys/values after their linear maps (the paper's E·K W^K form;
-  the authors' code compresses the input first, which differs only in how the bias is mixed).
-  Initialisation follows the authors' code (xavier-uniform, gain 1/√2). No dropout.
-- Padding: masked positions are zeroed before the projection, so they add nothing to the k rows.
+- Parameters: `qkv` (rows [0, D) query, [D, 2D) key, [2D, 3D) value) and `out` as every QKV
+  variant; E, F as above. Initialisation of E/F follows the authors' code (xavier-uniform,
+  gain 1/√2). No dropout.
+- Padding: masked positions of x are zeroed before the compression, so they add nothing to the
+  k rows (the authors' self-attention branch ignores `key_padding_mask`; this is our addition).
 
 Shape legend: B batch, N length, D d_model, H heads, Dh head dim, k projected length.
 """
@@ -28,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsbench.errors import LsbenchError, unknown_choice
-from lsbench.variants.transformer import QKVAttention, merge_heads
+from lsbench.measure.flops import attention_flops, linear_flops
+from lsbench.variants.transformer import QKVAttention, merge_heads, split_heads
 
 SHARING = ("headwise", "key-value")
 
@@ -60,18 +70,24 @@ class Linformer(QKVAttention):
         cls.require_positive(params, "k", "max_len")
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         k = params.get("k", cls.defaults["k"])
-        # scores + probabilities (B, H, N, k), plus the q/k/v/out activations
-        return 2.0 * batch_size * n_heads * seq_len * k + 8.0 * batch_size * seq_len * d_model
+        # scores + probabilities (B, H, N, k); q/out activations (B, N, D); compressed
+        # inputs and their keys/values (B, k, D)
+        return (2.0 * batch_size * n_heads * seq_len * k + 4.0 * batch_size * seq_len * d_model
+                + 4.0 * batch_size * k * d_model)
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        """q and out over N rows; E·x (and F·x) over N columns; k and v over the k rows."""
         k = params.get("k", cls.defaults["k"])
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        compress = 2 * 2.0 * batch_size * k * seq_len * d_model  # E·K and F·V
-        attend = 2 * 2.0 * batch_size * seq_len * k * d_model  # Q·(EK)ᵀ and P·(FV)
-        return proj + compress + attend
+        n_compress = 1 if params.get("sharing", cls.defaults["sharing"]) == "key-value" else 2
+        rows = batch_size * seq_len
+        proj = linear_flops(rows, d_model, 2 * d_model)  # q and out
+        compress = n_compress * linear_flops(batch_size * k, seq_len, d_model)  # E·x, F·x
+        kv_proj = linear_flops(batch_size * k, d_model, 2 * d_model)  # k and v from k rows
+        attend = attention_flops(rows * k, d_model)  # Q·Kᵀ and P·V over N × k pairs
+        return proj + compress + kv_proj + attend
 
     def forward(self, x, mask=None):
         B, N, D = x.shape
@@ -81,14 +97,17 @@ class Linformer(QKVAttention):
                 f"linformer: sequence length {N} exceeds max_len={max_len}; build it with "
                 f"max_len >= {N} (the E/F projections are k × max_len)."
             )
-        q, k, v = self.project(x)  # 3 × (B, H, N, Dh)
+        w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,)
+        q = F.linear(x, w[:D], b[:D])  # (B, N, D)
         if mask is not None:
-            keep = mask[:, None, :, None].to(k.dtype)  # (B, 1, N, 1)
-            k, v = k * keep, v * keep
+            x = x * mask[:, :, None].to(x.dtype)  # (B, N, D) padding adds nothing below
         E = self.E[:, :N]  # (k, N)
-        Fm = E if self.F is None else self.F[:, :N]  # (k, N)
-        k = E @ k  # (B, H, k, Dh)
-        v = Fm @ v  # (B, H, k, Dh)
+        if self.F is None:  # key-value sharing: one compressed input feeds both
+            k, v = F.linear(E @ x, w[D:], b[D:]).chunk(2, dim=-1)  # 2 × (B, k, D)
+        else:
+            k = F.linear(E @ x, w[D:2 * D], b[D:2 * D])  # (B, k, D)
+            v = F.linear(self.F[:, :N] @ x, w[2 * D:], b[2 * D:])  # (B, k, D)
+        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))  # (B, H, N or k, Dh)
         q = q * self.head_dim**-0.5  # scale the (N, Dh) queries, not the (N, k) scores
         scores = q @ k.transpose(-2, -1)  # (B, H, N, k)
         y = F.softmax(scores, dim=-1) @ v  # (B, H, N, Dh)
