@@ -340,26 +340,6 @@ def test_linear_half_precision_long_sequence_matches_float32(causal, dtype):
     torch.testing.assert_close(xh.grad.float() / scale, ref_grad / scale, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("name,causal", [("linear", False), ("linear", True),
-                                         ("linformer", False), ("fastformer", False)])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_forward_backward_on_cpu(name, causal, dtype):
-    n, d_model, n_heads = 256, 64, 4
-    params = {"max_len": n} if name == "linformer" else {}
-    torch.manual_seed(0)
-    m = build(name, d_model=d_model, n_heads=n_heads, causal=causal, **params)
-    x, mask = torch.randn(2, n, d_model), padding_mask(2, n)
-    with torch.no_grad():
-        ref = m(x, mask=mask)
-    m = m.to(dtype)
-    y = m(x.to(dtype), mask=mask)
-    y.float().sum().backward()
-    assert y.dtype == dtype
-    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
-    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
-    torch.testing.assert_close(y.float()[mask], ref[mask], atol=tol, rtol=tol)
-
-
 def test_fastformer_dispatches_the_official_matmuls():
     # same matrix products as the official layer up to its output dense (FlopCounterMode counts
     # mm/bmm/addmm only): nothing left out, nothing added

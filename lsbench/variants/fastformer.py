@@ -21,9 +21,8 @@ sees all heads' features, as in the official code. The mask is the official addi
 - The official attention layer is `FastAttention` = `FastSelfAttention` (steps 1-7) followed by
   BERT's `BertSelfOutput`: dense, dropout, LayerNorm(· + input). The dense (a D × D matrix:
   about 24% of this sublayer's FLOPs, 8% of an encoder layer's with a 4·D FFN) is part of this
-  sublayer, as every variant's output
-  projection is; dropout, LayerNorm and the residual are the encoder block's (pre-norm there,
-  post-norm in the official layer), so they are not.
+  sublayer, as every variant's output projection is; dropout, LayerNorm and the residual are the
+  encoder block's (pre-norm there, post-norm in the official layer), so they are not.
 - Official weights: `Fastformer.load_official(state_dict)` loads a `FastAttention` state dict
   (`self.query.weight`, ..., `output.dense.weight`); its `output.LayerNorm.*` entries have no
   place in this sublayer and are returned, not loaded.
