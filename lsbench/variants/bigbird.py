@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from lsbench.errors import LsbenchError
+from lsbench.measure.flops import attention_flops, linear_flops
 from lsbench.variants._blocks import ceil_div, key_validity, pad_seq
-from lsbench.variants.transformer import QKVAttention, merge_heads
+from lsbench.variants.transformer import QKVAttention
 
 
 @lru_cache(maxsize=256)
@@ -81,6 +82,9 @@ def _skip(u: int, excluded: list[int]) -> int:
 
 
 class BigBird(QKVAttention):
+    """Shape legend of the forward: q, k, v are kept as (B, nb·b, H, Dh) so that blocks fold into
+    the batch of one SDPA call, (B·nb, H, b, Dh) queries against (B·nb, H, K·b, Dh) keys."""
+
     name = "bigbird"
     method = "block-sparse: 3 sliding blocks + global blocks + seeded random blocks"
     paper = "Zaheer et al. 2020, Big Bird (ITC), https://arxiv.org/abs/2007.14062"
@@ -93,6 +97,10 @@ class BigBird(QKVAttention):
         "num_global_blocks": 2,  # first ⌈g/2⌉ and last ⌊g/2⌋ blocks: 2 = first + last
         "seed": 0,  # random-block pattern seed; same pattern in train and eval
     }
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
+        super().__init__(d_model, n_heads, causal, **params)
+        self._patterns: dict[tuple, dict] = {}  # (nb, b, N, device) -> pattern tensors
 
     @classmethod
     def check_params(cls, d_model: int, n_heads: int, params: dict[str, Any]) -> None:
@@ -110,7 +118,7 @@ class BigBird(QKVAttention):
         return b, g, 3 + params["num_global_blocks"] + params["num_random_blocks"]
 
     @classmethod
-    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         b, g, K = cls._sizes(seq_len, params)
         # upper bound: scores as the math SDPA kernel keeps them (the fused kernels keep tiles)
         scores = batch_size * n_heads * (seq_len * K * b + g * b * seq_len)
@@ -118,12 +126,36 @@ class BigBird(QKVAttention):
         return 3.0 * scores + 2.0 * gathered + 8.0 * batch_size * seq_len * d_model
 
     @classmethod
-    def flops(cls, batch_size, seq_len, d_model, n_heads, params):
-        b, g, K = cls._sizes(seq_len, params)
-        proj = 2.0 * batch_size * seq_len * 4 * d_model * d_model
-        keys = min(K * b, seq_len)
-        attn = 4.0 * batch_size * d_model * (seq_len * keys + g * b * seq_len)
-        return proj + attn
+    def pairs(cls, seq_len: int, params: dict[str, Any]) -> tuple[int, int]:
+        """(allowed, computed) (query, key) pairs under the pattern for this length.
+
+        Allowed: real queries × real keys of the key blocks each query block really sees (its
+        window, global and random blocks; global query blocks see every key). Computed: what
+        the kernels multiply: every query block × all K·b gathered keys (unused slots and
+        padding included), plus the global query blocks × the padded sequence.
+        """
+        n = seq_len
+        b = max(1, min(params["block_size"], n))
+        nb = ceil_div(n, b)
+        idx, ok, glob = block_pattern(nb, params["num_global_blocks"],
+                                      params["num_random_blocks"], params["seed"])
+        real = np.minimum(b, n - np.arange(nb) * b)  # real tokens per block
+        is_glob = np.zeros(nb, dtype=bool)
+        is_glob[glob] = True
+        seen = (real[idx] * ok).sum(axis=1)  # real keys each query block sees
+        allowed = int((real * np.where(is_glob, n, seen)).sum())
+        computed = nb * b * idx.shape[1] * b + int(is_glob.sum()) * b * nb * b
+        return allowed, computed
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        proj = linear_flops(batch_size * seq_len, d_model, 4 * d_model)
+        return proj + attention_flops(batch_size * cls.pairs(seq_len, params)[0], d_model)
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        proj = linear_flops(batch_size * seq_len, d_model, 4 * d_model)
+        return proj + attention_flops(batch_size * cls.pairs(seq_len, params)[1], d_model)
 
     def pattern(self, n_blocks: int):
         """(idx, valid, glob) for `n_blocks` blocks; see `block_pattern`."""
@@ -135,45 +167,77 @@ class BigBird(QKVAttention):
         H, Dh = self.n_heads, self.head_dim
         b = min(self.params["block_size"], N)
         nb = ceil_div(N, b)
-        q, k, v = (pad_seq(t, nb * b, dim=2) for t in self.project(x))  # 3 × (B, H, nb·b, Dh)
-        q = q * Dh**-0.5
-        valid = key_validity(mask, B, N, nb * b, x.device)  # (B, nb·b)
-        idx, slot_ok, glob, slot, is_glob = self._batch_pattern(valid, b, nb)
+        q, k, v = (pad_seq(t, nb * b, dim=2).transpose(1, 2) for t in self.project(x))
+        q = q * Dh**-0.5  # 3 × (B, nb·b, H, Dh)
+        if mask is None:  # one pattern for the whole batch, cached on the device: no host sync
+            p = self._shared_pattern(nb, b, N, x.device)
+            valid = p["valid"]  # (1, nb·b) or None when no key is padding
+            idx, key_ok = p["idx"].expand(B, -1), p["key_ok"]  # (B, nb·K), (1 or B, nb, K·b)
+            glob, slot, is_glob = (p[name].expand(B, -1) for name in ("glob", "slot", "is_glob"))
+        else:  # each sequence's pattern is that of its real length (one host sync)
+            valid = key_validity(mask, B, N, nb * b, x.device)  # (B, nb·b)
+            idx, key_ok, glob, slot, is_glob = self._batch_pattern(valid, b, nb)
+        K = idx.shape[1] // nb
+        rows = torch.arange(B, device=x.device)[:, None]  # (B, 1) batch index for gathers
+        qb = q.reshape(B * nb, b, H, Dh).transpose(1, 2)  # (B·nb, H, b, Dh)
+        kb, vb = (t.reshape(B, nb, b, H, Dh)[rows, idx]  # (B, nb·K, b, H, Dh): one gather
+                  .reshape(B * nb, K * b, H, Dh).transpose(1, 2) for t in (k, v))
+        attn_mask = None if key_ok is None else key_ok.expand(B, nb, K * b).reshape(
+            B * nb, 1, 1, K * b)
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=attn_mask, scale=1.0)
+        y = y.transpose(1, 2).reshape(B, nb, b, H, Dh)  # (B, nb, b, H, Dh)
+        if glob.shape[1]:  # global query blocks attend to every valid token, densely
+            G = glob.shape[1]
+            qg = q.reshape(B, nb, b, H, Dh)[rows, glob].reshape(B, G * b, H, Dh)
+            full_mask = None if valid is None else valid[:, None, None, :]  # (B|1, 1, 1, nb·b)
+            yg = F.scaled_dot_product_attention(qg.transpose(1, 2), k.transpose(1, 2),
+                                                v.transpose(1, 2), attn_mask=full_mask,
+                                                scale=1.0)  # (B, H, G·b, Dh)
+            yg = yg.transpose(1, 2).reshape(B, G, b, H, Dh)[rows, slot]  # (B, nb, b, H, Dh)
+            y = torch.where(is_glob[:, :, None, None, None], yg, y)
+        return self.out(y.reshape(B, nb * b, D)[:, :N])  # (B, N, D)
 
-        K = idx.shape[-1]
-        key_ok = valid.view(B, nb, b)[torch.arange(B, device=x.device)[:, None, None], idx]
-        key_ok = (key_ok & slot_ok[..., None]).view(B, nb, 1, 1, K * b)  # (B, nb, 1, 1, K·b)
-        ys = []
-        for i in range(B):  # per sequence: the blocks become the batch of one fused SDPA call
-            qb = q[i].view(H, nb, b, Dh).transpose(0, 1)  # (nb, H, b, Dh)
-            sel = idx[i].flatten()  # (nb·K,) key block ids, query block by query block
-            kb = k[i].view(H, nb, b, Dh).index_select(1, sel).view(H, nb, K * b, Dh)
-            vb = v[i].view(H, nb, b, Dh).index_select(1, sel).view(H, nb, K * b, Dh)
-            y = F.scaled_dot_product_attention(qb, kb.transpose(0, 1), vb.transpose(0, 1),
-                                               attn_mask=key_ok[i], scale=1.0)
-            y = y.transpose(0, 1)  # (H, nb, b, Dh)
-            if glob.shape[1]:  # global query blocks attend to every valid token
-                qg = q[i].view(H, nb, b, Dh).index_select(1, glob[i]).view(1, H, -1, Dh)
-                yg = F.scaled_dot_product_attention(qg, k[i, None], v[i, None], scale=1.0,
-                                                    attn_mask=valid[i, None, None, None])
-                yg = yg.view(H, -1, b, Dh).index_select(1, slot[i])  # (H, nb, b, Dh)
-                y = torch.where(is_glob[i, None, :, None, None], yg, y)
-            ys.append(y.reshape(H, nb * b, Dh)[:, :N])
-        return self.out(merge_heads(torch.stack(ys)))  # (B, N, D)
+    def _shared_pattern(self, nb: int, b: int, n: int, device: torch.device) -> dict:
+        """The pattern of an unpadded batch as device tensors, built once per (nb, b, N, device).
+
+        idx (1, nb·K) key block ids; key_ok (1, nb, K·b) allowed keys or None when all are;
+        valid (1, nb·b) real keys or None; glob (1, G) unique global block ids; slot (1, nb)
+        index into glob of each global block; is_glob (1, nb).
+        """
+        key = (nb, b, n, str(device))
+        if key not in self._patterns:  # built on the host in numpy: no torch op, no sync
+            valid = np.arange(nb * b) < n  # (nb·b,) the last block may be partly padding
+            idx, ok, glob = self.pattern(nb)  # (nb, K), (nb, K), (G,)
+            key_ok = ok[:, :, None] & valid.reshape(nb, b)[idx]  # (nb, K, b)
+            uniq = sorted(set(glob.tolist()))
+            slot = np.zeros(nb, dtype=np.int64)
+            slot[uniq] = np.arange(len(uniq))
+            is_glob = np.zeros(nb, dtype=bool)
+            is_glob[uniq] = True
+
+            def dev(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.array(a)[None]).to(device)  # (1, ...) on device
+
+            self._patterns[key] = {
+                "idx": dev(idx.reshape(-1)),
+                "key_ok": None if key_ok.all() else dev(key_ok.reshape(nb, -1)),
+                "valid": None if valid.all() else dev(valid),
+                "glob": dev(np.array(uniq, dtype=np.int64)),
+                "slot": dev(slot),
+                "is_glob": dev(is_glob),
+            }
+        return self._patterns[key]
 
     def _batch_pattern(self, valid: torch.Tensor, b: int, nb: int):
         """Per-sequence patterns, each for the blocks up to its last real token.
 
-        Returns idx (B, nb, K), slot_ok (B, nb, K), glob (B, G), slot (B, nb) index into glob
+        Returns idx (B, nb·K), key_ok (B, nb, K·b), glob (B, G), slot (B, nb) index into glob
         of each global block, is_glob (B, nb).
         """
         B = valid.shape[0]
-        if valid.all():
-            n_real = [nb] * B
-        else:  # blocks up to the last real token of each sequence (one host sync)
-            pos = torch.arange(1, valid.shape[1] + 1, device=valid.device)
-            last = (valid * pos).amax(dim=1)
-            n_real = [max(1, ceil_div(int(t), b)) for t in last.tolist()]
+        pos = torch.arange(1, valid.shape[1] + 1, device=valid.device)
+        last = (valid * pos).amax(dim=1)
+        n_real = [max(1, ceil_div(int(t), b)) for t in last.tolist()]  # the host sync
         K = 3 + self.params["num_global_blocks"] + self.params["num_random_blocks"]
         G = self.params["num_global_blocks"]
         idx = np.tile(np.arange(nb)[:, None], (B, 1, K))  # padding blocks: only themselves
@@ -189,4 +253,8 @@ class BigBird(QKVAttention):
                 slot[i, p_glob[j]] = j
             is_glob[i, p_glob] = True
         dev = valid.device
-        return tuple(torch.from_numpy(a).to(dev) for a in (idx, slot_ok, glob, slot, is_glob))
+        idx, slot_ok, glob, slot, is_glob = (torch.from_numpy(a).to(dev)
+                                             for a in (idx, slot_ok, glob, slot, is_glob))
+        rows = torch.arange(B, device=dev)[:, None, None]
+        key_ok = valid.view(B, nb, b)[rows, idx] & slot_ok[..., None]  # (B, nb, K, b)
+        return idx.reshape(B, nb * K), key_ok.reshape(B, nb, K * b), glob, slot, is_glob
