@@ -8,7 +8,9 @@ truncated last JSONL line, which readers skip and `--resume` trims before append
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -91,9 +93,12 @@ class RunStore:
 
     def create(self, info: dict[str, Any]) -> None:
         self.check_new(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.jsonl.touch()
+        except OSError as e:
+            raise fs_error(self.path, e, "create the run directory") from None
         self.write_info(info)
-        self.jsonl.touch()
         self.write_csv()
 
     # -- existing runs --
@@ -146,11 +151,19 @@ class RunStore:
 
     # -- rows --
     def append(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it to disk; on failure (e.g. disk full) the file is cut back
+        to its last complete row, so every row already recorded stays readable."""
         line = json.dumps(row, default=str, allow_nan=False) + "\n"
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        size = self.jsonl.stat().st_size if self.jsonl.exists() else 0
+        try:
+            with open(self.jsonl, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(self.jsonl, size)
+            raise fs_error(self.jsonl, e, "append a result to") from None
         self.rows.append(row)
         self.write_csv()
 
@@ -194,12 +207,37 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: the old file stays intact if writing fails."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise fs_error(path, e, "write") from None
+
+
+FS_FIXES = {
+    errno.ENOENT: "its parent directory does not exist; create it or choose another --out",
+    errno.ENOTDIR: "a part of the path is a file; choose another --out",
+    errno.EACCES: "it is not writable by you; choose a directory you can write to (--out)",
+    errno.EPERM: "it is not writable by you; choose a directory you can write to (--out)",
+    errno.EROFS: "the file system is read-only; choose --out on a writable disk",
+    errno.ENOSPC: "the disk is full; free some space, then continue with "
+                  "`lsbench run --resume DIR` (rows already written are kept)",
+    errno.EDQUOT: "the disk quota is exhausted; free some space, then continue with "
+                  "`lsbench run --resume DIR` (rows already written are kept)",
+}
+
+
+def fs_error(path: Path, e: OSError, doing: str) -> LsbenchError:
+    """A one-line error naming the path, what failed and the fix."""
+    fix = FS_FIXES.get(e.errno, "check the path and its permissions, or choose another --out")
+    return LsbenchError(f"cannot {doing} {path}: {e.strerror or e}; {fix}.")
 
 
 # -- run directory names and reports/latest --

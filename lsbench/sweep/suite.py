@@ -37,6 +37,10 @@ MODES = ("inference", "training")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LAYERS = ("block", "attention")
+# Far beyond any machine (one float32 vector of d=64 per token at 2^24 tokens is 4 GiB per
+# sequence before attention), so a typo like 1e20 fails up front instead of mid-sweep.
+MAX_SEQ_LEN = 2**24
+MAX_BATCH = 2**20
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -178,9 +182,18 @@ def _positive_ints(values: Any, what: str, where: str) -> None:
             )
 
 
+def _at_most(values: Any, limit: int, what: str, where: str) -> None:
+    for v in values:
+        if v > limit:
+            raise LsbenchError(f"{where}: {what} {v} is out of range; give values from 1 to "
+                               f"{limit:,} (2^{limit.bit_length() - 1}).")
+
+
 def validate(suite: Suite, where: str) -> None:
     """Raise LsbenchError (naming the fix) for anything that would fail later."""
     _positive_ints(suite.seq_lens, "seq_lens", where)
+    _at_most(suite.seq_lens, MAX_SEQ_LEN, "seq_len", where)
+    _at_most(suite.batch_sizes or [], MAX_BATCH, "batch size", where)
     if suite.batch_tokens is not None:
         _positive_ints([suite.batch_tokens], "batch_tokens", where)
     else:
