@@ -23,6 +23,7 @@ from lsbench.models import CausalLM, CausalLMConfig
 
 runner = CliRunner()
 PAPER = ["sinusoidal", "rotary", "t5", "alibi"]
+DEFAULT = [*PAPER, "none"]  # the paper's methods and the NoPE control
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,7 +180,7 @@ def test_cli_tiny_end_to_end_and_eval_only_reproduces(tmp_path):
     assert "perplexity, trained at L=16, nonoverlapping" in res.output
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "extrapolate" and run["finished_at"] and run["env"]["torch"]
-    assert run["wall_time_s"] > 0 and run["args"]["positions"] == PAPER
+    assert run["wall_time_s"] > 0 and run["args"]["positions"] == DEFAULT
     assert run["corpus"]["name"] == "stdlib" and len(run["corpus"]["files_sha256"]) == 64
     assert run["command"].startswith("lsbench extrapolate --train-len 16")
     rows = read_csv(out / "extrapolation.csv")
@@ -187,21 +188,38 @@ def test_cli_tiny_end_to_end_and_eval_only_reproduces(tmp_path):
                                  "tokens_scored", "loss", "ppl"]
     lens = [16, 24, 32, 64, 128, 256]
     got = {(r["position"], int(r["eval_len"]), r["eval_mode"]) for r in rows}
-    assert got == {(p, n, m) for p in PAPER for n in lens for m in (NONOVERLAPPING, SLIDING)}
+    assert got == {(p, n, m) for p in DEFAULT for n in lens for m in (NONOVERLAPPING, SLIDING)}
+    for r in rows:  # the interval brackets the ppl; ratios and bits are relative to L
+        if r["eval_mode"] == SLIDING:  # 16 tokens: too few for the block standard error
+            assert r["ppl_ci_low"] == r["ppl_ci_high"] == ""
+        else:
+            assert float(r["ppl_ci_low"]) < float(r["ppl"]) < float(r["ppl_ci_high"])
+        at_l = next(b for b in rows if (b["position"], b["eval_mode"], b["eval_len"]) ==
+                    (r["position"], r["eval_mode"], "16"))
+        ratio = float(r["ppl"]) / float(at_l["ppl"])
+        assert float(r["ppl_ratio"]) == pytest.approx(ratio, rel=1e-3)
+        assert float(r["delta_bits"]) == pytest.approx(math.log2(ratio), abs=1e-3)
+        assert r["low_precision"] == "True"  # the tiny preset scores far fewer than 16k tokens
+    assert "LOW PRECISION" in res.output and "ceilings on this eval stream" in res.output
+    assert run["eval_ceilings"]["unigram_ppl"] > run["eval_ceilings"]["bigram_ppl"] > 1
+    t5 = {g["group"]: g for g in run["optimizer"]["t5"]}
+    assert t5["position"]["lr_mult"] == 10 and t5["position"]["weight_decay"] == 0
+    assert t5["position"]["peak_lr"] == pytest.approx(10 * t5["weights"]["peak_lr"])
+    assert "position" not in {g["group"] for g in run["optimizer"]["alibi"]}  # nothing learned
     assert all(math.isfinite(float(r["ppl"])) and float(r["ppl"]) > 1 for r in rows)
     assert len({r["tokens_scored"] for r in rows if r["eval_mode"] == NONOVERLAPPING}) == 1
     assert all(r["stride"] == "" for r in rows if r["eval_mode"] == NONOVERLAPPING)
     training = read_csv(out / "training.csv")
-    assert [t["position"] for t in training] == PAPER
+    assert [t["position"] for t in training] == DEFAULT
     assert {t["tokens_trained"] for t in training} == {"4096"}
     assert all(float(t["tokens_per_s"]) > 0 and t["final_train_loss"] for t in training)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
-        f"{p}.pt" for p in PAPER)
+        f"{p}.pt" for p in DEFAULT)
 
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     again = runner.invoke(app, [*TINY, "--out", str(out), "--eval-only"])
     assert again.exit_code == 0, again.output
-    assert again.output.count("loaded checkpoint") == len(PAPER)
+    assert again.output.count("loaded checkpoint") == len(DEFAULT)
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     for a, b in zip(rows, read_csv(out / "extrapolation.csv"), strict=True):
         assert a["ppl"] == b["ppl"] and a["tokens_scored"] == b["tokens_scored"]

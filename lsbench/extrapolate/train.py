@@ -79,14 +79,32 @@ def batch_at(stream: torch.Tensor, step: int, batch_size: int, seq_len: int,
     return stream[starts[:, None] + torch.arange(seq_len + 1)].long()
 
 
-def make_optimizer(model: CausalLM, preset: Preset) -> torch.optim.AdamW:
-    """Weight decay on weight matrices only (not biases, norms or position tables)."""
-    decay, no_decay = [], []
+def param_groups(model: CausalLM, preset: Preset) -> list[dict]:
+    """AdamW groups: weight matrices (decayed), biases and norms (not decayed), and the position
+    method's learned parameters (own lr multiplier, never decayed; see Preset.position_lr_mult)."""
+    decay, no_decay, pos = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and not name.startswith("pe.") else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": preset.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=preset.lr, betas=(0.9, 0.95))
+        if name.startswith("pe."):
+            pos.append(p)
+        else:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    mult = preset.lr_mult_for(model.cfg.position)
+    groups = [{"name": "weights", "params": decay, "weight_decay": preset.weight_decay,
+               "lr_mult": 1.0},
+              {"name": "biases_norms", "params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+              {"name": "position", "params": pos, "weight_decay": 0.0, "lr_mult": mult}]
+    return [g for g in groups if g["params"]]
+
+
+def describe_groups(model: CausalLM, preset: Preset) -> list[dict]:
+    """What run.json records per optimizer group: parameter count, peak lr, weight decay."""
+    return [{"group": g["name"], "params": sum(p.numel() for p in g["params"]),
+             "peak_lr": preset.lr * g["lr_mult"], "lr_mult": g["lr_mult"],
+             "weight_decay": g["weight_decay"]} for g in param_groups(model, preset)]
+
+
+def make_optimizer(model: CausalLM, preset: Preset) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, preset), lr=preset.lr, betas=(0.9, 0.95))
 
 
 def autocast_for(device: torch.device, preset: Preset):
@@ -157,7 +175,7 @@ def train(model: CausalLM, stream: torch.Tensor, preset: Preset, train_len: int,
             t0 = time.perf_counter()
             lr = lr_at(state.step, steps, preset)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
             batch = batch_at(stream, state.step, preset.batch_size, train_len, seed).to(device)
             measure = state.peak_mem_mib is None
             with track_peak(device) if measure else nullcontext() as mem:
