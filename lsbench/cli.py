@@ -391,6 +391,10 @@ def extrapolate_cmd(
     train_tokens: Annotated[int | None, typer.Option(
         "--train-tokens", help="Override the preset's training token budget per method.",
         show_default=False)] = None,
+    rope_scaling: Annotated[str | None, typer.Option(
+        "--rope-scaling", help="Also score the trained rotary model, without retraining, under "
+        "these eval-time scalings: pi,ntk,yarn (rows rotary+pi, ...).", show_default=False)
+    ] = None,
 ) -> None:
     from lsbench.extrapolate import run_extrapolate
 
@@ -403,7 +407,8 @@ def extrapolate_cmd(
         result = run_extrapolate(
             train_len=train_len, positions=positions_, corpus=corpus, out=out, preset=preset,
             eval_lens=eval_lens, stride=stride, eval_only=eval_only, device=device, seed=seed,
-            threads=threads, train_tokens=train_tokens, command=command, events=view)
+            threads=threads, train_tokens=train_tokens, rope_scaling=rope_scaling,
+            command=command, events=view)
     except KeyboardInterrupt:
         view.progress.stop()
         resume = command if out else f"{command} --out {view.out}"

@@ -298,3 +298,24 @@ def test_cuda_bfloat16_chunked_attention_and_tiny_run(tmp_path):
     res = runner.invoke(app, [*TINY, "--device", "cuda", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r/run.json").read_text())["args"]["device"] == "cuda"
+
+
+def test_cli_rope_scaling_rescores_the_rotary_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    res = runner.invoke(app, [*TINY, "--positions", "rotary,none", "--rope-scaling",
+                              "pi,ntk,yarn", "--stride", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = read_csv(out / "extrapolation.csv")
+    ppl = {(r["position"], int(r["eval_len"])): float(r["ppl"]) for r in rows}
+    assert {p for p, _ in ppl} == {"rotary", "none", "rotary+pi", "rotary+ntk", "rotary+yarn"}
+    for s in ("pi", "ntk", "yarn"):  # at L the scalings are plain rotary; beyond it they differ
+        assert ppl[f"rotary+{s}", 16] == ppl["rotary", 16]
+        assert ppl[f"rotary+{s}", 64] != ppl["rotary", 64]
+    assert [t["position"] for t in read_csv(out / "training.csv")] == ["rotary", "none"]
+    assert json.loads((out / "run.json").read_text())["args"]["rope_scaling"] == [
+        "pi", "ntk", "yarn"]
+    res = runner.invoke(app, [*TINY, "--positions", "alibi", "--rope-scaling", "pi",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "add rotary to --positions" in " ".join(res.output.split())
+    res = runner.invoke(app, [*TINY, "--rope-scaling", "yarm", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 1 and "Did you mean 'yarn'" in res.output

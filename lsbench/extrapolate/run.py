@@ -144,6 +144,28 @@ def parse_positions(spec: str | Sequence | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# eval-time RoPE scalings of the rotary checkpoint: short name -> registered position method
+ROPE_SCALINGS = {"pi": "rope_pi", "ntk": "rope_ntk", "yarn": "rope_yarn"}
+
+
+def parse_rope_scaling(spec: str | Sequence | None, names: list[str]) -> list[str]:
+    """'pi,ntk,yarn' -> short names; they rescore the trained rotary model, so it must be there."""
+    if not spec:
+        return []
+    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) \
+        else list(spec)
+    out = []
+    for item in items:
+        short = item.removeprefix("rope_")
+        if short not in ROPE_SCALINGS:
+            raise unknown_choice("RoPE scaling", item, ROPE_SCALINGS, "--rope-scaling")
+        out.append(short)
+    if out and "rotary" not in names:
+        raise LsbenchError("--rope-scaling rescores the rotary model without retraining; add "
+                           "rotary to --positions (e.g. --positions rotary,alibi,none).")
+    return list(dict.fromkeys(out))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,6 +220,7 @@ def run_extrapolate(
     seed: int = 0,
     threads: int = 0,
     train_tokens: int | None = None,
+    rope_scaling: str | Sequence[str] | None = None,
     command: str = "",
     events: Events = _quiet,
 ) -> ExtrapolationResult:
@@ -208,6 +231,7 @@ def run_extrapolate(
     if not isinstance(train_len, int) or train_len < 1:
         raise LsbenchError(f"--train-len must be a positive integer, got {train_len!r}.")
     names = parse_positions(positions)
+    scalings = parse_rope_scaling(rope_scaling, names)
     lens = parse_eval_lens(eval_lens, train_len)
     dev = resolve_device(device)
     p = get_preset(preset or ("gpu" if dev.type == "cuda" else "cpu"))
@@ -233,14 +257,15 @@ def run_extrapolate(
         torch.set_num_threads(threads)
     try:
         return _run(train_len, names, corpus, out, p, lens, stride, eval_only, dev, seed,
-                    train_tokens, command, events)
+                    train_tokens, command, events, scalings)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, p: Preset,
          lens: list[int], stride: int, eval_only: bool, dev: torch.device, seed: int,
-         train_tokens: int | None, command: str, events: Events) -> ExtrapolationResult:
+         train_tokens: int | None, command: str, events: Events,
+         scalings: list[str] = ()) -> ExtrapolationResult:
     data = load_corpus(corpus)
     train_stream, valid = data.streams["train"], data.streams["valid"]
     if len(train_stream) < train_len + 2:
@@ -273,7 +298,7 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
             "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
             "train_tokens": steps * p.batch_size * train_len, "train_steps": steps,
             "eval_tokens": n_targets, "sliding_tokens": span,
-            "min_trusted_tokens": MIN_TRUSTED_TOKENS}
+            "min_trusted_tokens": MIN_TRUSTED_TOKENS, "rope_scaling": list(scalings)}
     from lsbench.measure.env import fingerprint
 
     run = {"kind": "extrapolate", "command": command, "args": args, "env": fingerprint(),
@@ -311,6 +336,14 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
                   for i, (loss, lr) in enumerate(zip(state.losses, state.lrs, strict=True))]
         result.rows += _evaluate_all(model, name, stream, lens, stride, span, train_len, p, dev,
                                      events)
+        for short in scalings if name == "rotary" else ():
+            # the same trained weights, scored with scaled rotary angles (no retraining)
+            scaled = CausalLM(CausalLMConfig(
+                position=ROPE_SCALINGS[short], vocab_size=VOCAB_SIZE, d_model=p.d_model,
+                n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len))
+            scaled.load_state_dict(model.state_dict())
+            result.rows += _evaluate_all(scaled.to(dev), f"rotary+{short}", stream, lens, stride,
+                                         span, train_len, p, dev, events)
         add_relative_columns(result.rows, train_len)
         run["control_warnings"] = control_warnings(result.rows, train_len)
         _write_json(out / "run.json", run)
