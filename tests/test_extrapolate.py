@@ -58,6 +58,25 @@ def test_stdlib_corpus_excludes_tests_and_is_stable():
     assert torch.equal(a.streams["valid"], b.streams["valid"])
 
 
+def test_stdlib_docs_corpus_is_prose_split_and_hashed_like_stdlib():
+    from lsbench.extrapolate.corpus import docstrings
+
+    src = b'"""Module doc."""\nclass A:\n    """Class doc."""\n    def f(self):\n' \
+          b'        """Method doc."""\n        return 1\ndef g():\n    return 2\n'
+    assert docstrings(src) == ["Module doc.", "Class doc.", "Method doc."]
+    assert docstrings(b"def broken(:\n") == []
+    a, b = load_corpus("stdlib-docs"), load_corpus("stdlib-docs")
+    code = load_corpus("stdlib")
+    assert a.split_method == "by-file" and a.files_sha256 == b.files_sha256 != code.files_sha256
+    assert all(a.n_bytes[s] > 0 for s in ("train", "valid", "test"))
+    assert 1_000_000 < sum(a.n_bytes.values()) < sum(code.n_bytes.values())
+    text = ByteTokenizer().decode(a.streams["train"][:200_000])
+    assert text.count(" the ") > 500 and "def " not in text[:2000]
+    assert "pydoc_data" not in text  # topics are prose, not the module's source
+    assert any("Boolean operations" in ByteTokenizer().decode(a.streams[s])
+               for s in ("train", "valid", "test"))  # a pydoc_data/topics.py topic
+
+
 def test_user_corpus_directory_and_file(tmp_path):
     d = write_corpus(tmp_path / "c")
     c = load_corpus(str(d))
@@ -274,7 +293,8 @@ def test_cli_list_positions_and_corpora():
     assert res.exit_code == 0
     assert {r["name"] for r in json.loads(res.output)} >= {"alibi", "t5", "rotary", "sinusoidal"}
     res = runner.invoke(app, ["list", "corpora", "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)[0]["name"] == "stdlib"
+    assert res.exit_code == 0
+    assert [r["name"] for r in json.loads(res.output)][:2] == ["stdlib", "stdlib-docs"]
 
 
 @pytest.mark.gpu
