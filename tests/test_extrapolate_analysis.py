@@ -129,3 +129,15 @@ def test_report_shows_control_warnings_ratios_and_intervals(tmp_path):
     assert ratio.rows[0][1].text.startswith("1.00×") and "bits" in ratio.rows[0][2].text
     html = (tmp_path / "r.html").read_text()
     assert "Per-group learning rates" in html and "Control." in html
+
+
+def test_checkpoint_meta_ignores_evaluation_settings():
+    from dataclasses import replace
+
+    p = get_preset("tiny")
+    cfg = CausalLMConfig("alibi", d_model=16, n_heads=2, n_layers=1, train_len=16)
+    meta = checkpoint_meta(cfg, p, 16, 5, 0, "sha")
+    rescored = replace(p, name="x", sliding_tokens=999, eval_windows=3, eval_batch_tokens=7)
+    assert checkpoint_meta(cfg, rescored, 16, 5, 0, "sha") == meta  # same weights, rescored
+    assert checkpoint_meta(cfg, replace(p, lr=1.0), 16, 5, 0, "sha") != meta
+    assert checkpoint_meta(cfg, replace(p, position_lr_mult=()), 16, 5, 0, "sha") != meta

@@ -26,6 +26,8 @@ from lsbench.measure.memory import track_peak
 from lsbench.models import CausalLM, CausalLMConfig
 
 CKPT_FORMAT = 1
+EVAL_ONLY_FIELDS = {"name", "description", "eval_windows", "sliding_tokens", "eval_batch_tokens",
+                    "ckpt_every", "threads"}  # preset fields that do not change the weights
 FINAL_LOSS_STEPS = 20  # final_train_loss = mean loss of the last steps (one batch is noisy)
 
 
@@ -146,8 +148,10 @@ def load_checkpoint(path: Path, meta: dict | None = None) -> dict:
 
 def checkpoint_meta(model_cfg: CausalLMConfig, preset: Preset, train_len: int, steps: int,
                     seed: int, corpus_sha: str) -> dict:
-    """Everything that must match for a checkpoint to be resumed or evaluated."""
-    return {"model": asdict(model_cfg), "preset": preset.as_dict(), "train_len": train_len,
+    """Everything that must match for a checkpoint to be resumed or evaluated: the preset's
+    training settings, not its evaluation ones (so changing those rescores the same weights)."""
+    training = {k: v for k, v in preset.as_dict().items() if k not in EVAL_ONLY_FIELDS}
+    return {"model": asdict(model_cfg), "preset": training, "train_len": train_len,
             "total_steps": steps, "seed": seed, "corpus_sha256": corpus_sha}
 
 

@@ -18,8 +18,9 @@ from lsbench.extrapolate.analysis import MIN_TRUSTED_TOKENS
 
 KNOWN_VARIANTS = ["transformer", "sdpa", "longformer", "bigbird", "linformer", "linear",
                   "poolingformer", "fastformer"]
-KNOWN_POSITIONS = ["sinusoidal", "learned", "rotary", "xpos", "t5", "t5_bias", "alibi",
-                   "kerple", "fire", "none"]
+KNOWN_POSITIONS = ["sinusoidal", "learned", "rotary", "rotary+pi", "rotary+ntk", "rotary+yarn",
+                   "rope_pi", "rope_ntk", "rope_yarn", "xpos", "t5", "t5_bias", "alibi",
+                   "kerple", "kerple_log", "kerple_power", "fire", "none"]
 SETTING_COLUMNS = ["device", "dtype", "d_model", "n_heads", "n_layers"]
 MODES = ["inference", "training"]
 BASELINES = ("transformer", "sdpa")
