@@ -365,7 +365,8 @@ def extrapolate_cmd(
         "--train-len", "-L", help="Training length L (tokens = bytes).")] = 512,
     positions_: Annotated[str | None, typer.Option(
         "--positions", help="Comma-separated position methods (`lsbench list positions`) "
-        "\\[default: sinusoidal,rotary,t5,alibi].", show_default=False)] = None,
+        "\\[default: sinusoidal,rotary,t5,alibi + the control none].", show_default=False)
+    ] = None,
     corpus: Annotated[str, typer.Option(
         "--corpus", help="Built-in corpus (`lsbench list corpora`) or a text file/directory.")
     ] = "stdlib",
@@ -390,6 +391,10 @@ def extrapolate_cmd(
     train_tokens: Annotated[int | None, typer.Option(
         "--train-tokens", help="Override the preset's training token budget per method.",
         show_default=False)] = None,
+    rope_scaling: Annotated[str | None, typer.Option(
+        "--rope-scaling", help="Also score the trained rotary model, without retraining, under "
+        "these eval-time scalings: pi,ntk,yarn (rows rotary+pi, ...).", show_default=False)
+    ] = None,
 ) -> None:
     from lsbench.extrapolate import run_extrapolate
 
@@ -402,7 +407,8 @@ def extrapolate_cmd(
         result = run_extrapolate(
             train_len=train_len, positions=positions_, corpus=corpus, out=out, preset=preset,
             eval_lens=eval_lens, stride=stride, eval_only=eval_only, device=device, seed=seed,
-            threads=threads, train_tokens=train_tokens, command=command, events=view)
+            threads=threads, train_tokens=train_tokens, rope_scaling=rope_scaling,
+            command=command, events=view)
     except KeyboardInterrupt:
         view.progress.stop()
         resume = command if out else f"{command} --out {view.out}"
@@ -514,43 +520,20 @@ def _fmt_ppl(ppl) -> str:
 
 
 def _print_extrapolation(result) -> None:
-    args = result.run["args"]
-    L, lens = args["train_len"], args["eval_lens"]
-    modes = ["nonoverlapping"] + (["sliding"] if args["stride"] else [])
-    for mode in modes:
-        by_pos = result.table(mode)
-        summary = {s["position"]: s for s in result.summary(mode)}
-        longest = lens[-1]
-        ratio_name = f"ppl({longest})/ppl({L})"
-        title = f"perplexity, trained at L={L}, {mode}" + (
-            f" (stride {args['stride']}, {args['sliding_tokens']:,} tokens)" if mode == "sliding"
-            else f" ({args['eval_tokens']:,} tokens)")
-        table = Table(title=title, caption=f"ratio = {ratio_name}; best = length with the "
-                      "lowest ppl; n/a = beyond a learned table")
-        table.add_column("position", no_wrap=True)
-        for n in lens:
-            table.add_column(f"{n}\n{n / L:.3g}L", justify="right")
-        table.add_column("best", justify="right")
-        table.add_column("ratio", justify="right")
-        for pos, ppls in by_pos.items():
-            s = summary[pos]
-            ratio = s["ratio_longest_to_train"] if s["longest_len"] == longest else None
-            style = "" if ratio is None else "red" if ratio > 1.5 else (
-                "green" if ratio <= 1.02 else "yellow")
-            table.add_row(pos, *(_fmt_ppl(ppls.get(n)) for n in lens),
-                          str(s["best_len"] or "-"),
-                          f"[{style}]{ratio:.2f}[/]" if ratio is not None else "-")
+    from lsbench.extrapolate.summary import summarize
+
+    summary = summarize(result.rows, result.training, result.run)
+    for t in summary.tables:
+        table = Table(title=t.title, caption=t.caption or None)
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in t.rows:
+            table.add_row(*row)
         console.print(table)
-    table = Table(title="training (same data, seed and token budget per method)")
-    for col in ("position", "params", "tokens", "time s", "tok/s", "peak MiB", "final loss"):
-        table.add_column(col, justify="left" if col == "position" else "right")
-    for r in result.training:
-        table.add_row(r["position"], f"{r['params']:,}", f"{r['tokens_trained']:,}",
-                      f"{r['train_time_s']:.0f}",
-                      f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-",
-                      "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.1f}",
-                      f"{r['final_train_loss']}")
-    console.print(table)
+    for w in summary.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for n in summary.notes:
+        console.print(f"note: {n}", highlight=False)
     load = result.run.get("load_avg_1m", {})
     console.print(f"wall time {result.run['wall_time_s']:.0f} s (1-min load average "
                   f"{load.get('start')} at start, {load.get('end')} at the end)", highlight=False)

@@ -124,8 +124,10 @@ class CausalLMConfig:
         if self.ffn_dim == 0:
             self.ffn_dim = 4 * self.d_model
         cls = positions.get(self.position)
-        if "max_len" in cls.defaults and "max_len" not in self.position_params:
-            self.position_params = {**self.position_params, "max_len": self.train_len}
+        # methods sized by the training length (learned table, FIRE threshold, RoPE scaling)
+        for key in ("max_len", "train_len"):
+            if key in cls.defaults and key not in self.position_params:
+                self.position_params = {**self.position_params, key: self.train_len}
         positions.check(self.position, self.n_heads, self.head_dim, **self.position_params)
 
     @property
@@ -150,7 +152,7 @@ class CausalSelfAttention(nn.Module):
             for t in self.qkv(x).chunk(3, dim=-1)
         )
         if pe.kind == "rotary":
-            q, k = pe(q, pos), pe(k, pos)
+            q, k = pe(q, pos), pe(k, pos, is_key=True)
         if pe.kind != "bias":
             # flash / memory-efficient kernels: O(N) memory, no N×N tensor at any length
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -208,7 +210,9 @@ class CausalLM(nn.Module):
         self.blocks = nn.ModuleList(CausalBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.embed_scale = cfg.d_model**0.5  # unit-scale token embeddings, as in fairseq
-        self.apply(self._init)
+        for name, m in self.named_modules():
+            if not name.startswith("pe"):  # a position method keeps its own init (FIRE's MLP)
+                self._init(m)
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):

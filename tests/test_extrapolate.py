@@ -23,6 +23,7 @@ from lsbench.models import CausalLM, CausalLMConfig
 
 runner = CliRunner()
 PAPER = ["sinusoidal", "rotary", "t5", "alibi"]
+DEFAULT = [*PAPER, "none"]  # the paper's methods and the NoPE control
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +56,25 @@ def test_stdlib_corpus_excludes_tests_and_is_stable():
     assert a.files_sha256 == b.files_sha256 and a.split_method == "by-file"
     assert all(a.n_bytes[s] > 0 for s in ("train", "valid", "test"))
     assert torch.equal(a.streams["valid"], b.streams["valid"])
+
+
+def test_stdlib_docs_corpus_is_prose_split_and_hashed_like_stdlib():
+    from lsbench.extrapolate.corpus import docstrings
+
+    src = b'"""Module doc."""\nclass A:\n    """Class doc."""\n    def f(self):\n' \
+          b'        """Method doc."""\n        return 1\ndef g():\n    return 2\n'
+    assert docstrings(src) == ["Module doc.", "Class doc.", "Method doc."]
+    assert docstrings(b"def broken(:\n") == []
+    a, b = load_corpus("stdlib-docs"), load_corpus("stdlib-docs")
+    code = load_corpus("stdlib")
+    assert a.split_method == "by-file" and a.files_sha256 == b.files_sha256 != code.files_sha256
+    assert all(a.n_bytes[s] > 0 for s in ("train", "valid", "test"))
+    assert 1_000_000 < sum(a.n_bytes.values()) < sum(code.n_bytes.values())
+    text = ByteTokenizer().decode(a.streams["train"][:200_000])
+    assert text.count(" the ") > 500 and "def " not in text[:2000]
+    assert "pydoc_data" not in text  # topics are prose, not the module's source
+    assert any("Boolean operations" in ByteTokenizer().decode(a.streams[s])
+               for s in ("train", "valid", "test"))  # a pydoc_data/topics.py topic
 
 
 def test_user_corpus_directory_and_file(tmp_path):
@@ -179,7 +199,7 @@ def test_cli_tiny_end_to_end_and_eval_only_reproduces(tmp_path):
     assert "perplexity, trained at L=16, nonoverlapping" in res.output
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "extrapolate" and run["finished_at"] and run["env"]["torch"]
-    assert run["wall_time_s"] > 0 and run["args"]["positions"] == PAPER
+    assert run["wall_time_s"] > 0 and run["args"]["positions"] == DEFAULT
     assert run["corpus"]["name"] == "stdlib" and len(run["corpus"]["files_sha256"]) == 64
     assert run["command"].startswith("lsbench extrapolate --train-len 16")
     rows = read_csv(out / "extrapolation.csv")
@@ -187,21 +207,38 @@ def test_cli_tiny_end_to_end_and_eval_only_reproduces(tmp_path):
                                  "tokens_scored", "loss", "ppl"]
     lens = [16, 24, 32, 64, 128, 256]
     got = {(r["position"], int(r["eval_len"]), r["eval_mode"]) for r in rows}
-    assert got == {(p, n, m) for p in PAPER for n in lens for m in (NONOVERLAPPING, SLIDING)}
+    assert got == {(p, n, m) for p in DEFAULT for n in lens for m in (NONOVERLAPPING, SLIDING)}
+    for r in rows:  # the interval brackets the ppl; ratios and bits are relative to L
+        if r["eval_mode"] == SLIDING:  # 16 tokens: too few for the block standard error
+            assert r["ppl_ci_low"] == r["ppl_ci_high"] == ""
+        else:
+            assert float(r["ppl_ci_low"]) < float(r["ppl"]) < float(r["ppl_ci_high"])
+        at_l = next(b for b in rows if (b["position"], b["eval_mode"], b["eval_len"]) ==
+                    (r["position"], r["eval_mode"], "16"))
+        ratio = float(r["ppl"]) / float(at_l["ppl"])
+        assert float(r["ppl_ratio"]) == pytest.approx(ratio, rel=1e-3)
+        assert float(r["delta_bits"]) == pytest.approx(math.log2(ratio), abs=1e-3)
+        assert r["low_precision"] == "True"  # the tiny preset scores far fewer than 16k tokens
+    assert "LOW PRECISION" in res.output and "ceilings on this eval stream" in res.output
+    assert run["eval_ceilings"]["unigram_ppl"] > run["eval_ceilings"]["bigram_ppl"] > 1
+    t5 = {g["group"]: g for g in run["optimizer"]["t5"]}
+    assert t5["position"]["lr_mult"] == 10 and t5["position"]["weight_decay"] == 0
+    assert t5["position"]["peak_lr"] == pytest.approx(10 * t5["weights"]["peak_lr"])
+    assert "position" not in {g["group"] for g in run["optimizer"]["alibi"]}  # nothing learned
     assert all(math.isfinite(float(r["ppl"])) and float(r["ppl"]) > 1 for r in rows)
     assert len({r["tokens_scored"] for r in rows if r["eval_mode"] == NONOVERLAPPING}) == 1
     assert all(r["stride"] == "" for r in rows if r["eval_mode"] == NONOVERLAPPING)
     training = read_csv(out / "training.csv")
-    assert [t["position"] for t in training] == PAPER
+    assert [t["position"] for t in training] == DEFAULT
     assert {t["tokens_trained"] for t in training} == {"4096"}
     assert all(float(t["tokens_per_s"]) > 0 and t["final_train_loss"] for t in training)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
-        f"{p}.pt" for p in PAPER)
+        f"{p}.pt" for p in DEFAULT)
 
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     again = runner.invoke(app, [*TINY, "--out", str(out), "--eval-only"])
     assert again.exit_code == 0, again.output
-    assert again.output.count("loaded checkpoint") == len(PAPER)
+    assert again.output.count("loaded checkpoint") == len(DEFAULT)
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     for a, b in zip(rows, read_csv(out / "extrapolation.csv"), strict=True):
         assert a["ppl"] == b["ppl"] and a["tokens_scored"] == b["tokens_scored"]
@@ -256,7 +293,8 @@ def test_cli_list_positions_and_corpora():
     assert res.exit_code == 0
     assert {r["name"] for r in json.loads(res.output)} >= {"alibi", "t5", "rotary", "sinusoidal"}
     res = runner.invoke(app, ["list", "corpora", "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)[0]["name"] == "stdlib"
+    assert res.exit_code == 0
+    assert [r["name"] for r in json.loads(res.output)][:2] == ["stdlib", "stdlib-docs"]
 
 
 @pytest.mark.gpu
@@ -280,3 +318,24 @@ def test_cuda_bfloat16_chunked_attention_and_tiny_run(tmp_path):
     res = runner.invoke(app, [*TINY, "--device", "cuda", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r/run.json").read_text())["args"]["device"] == "cuda"
+
+
+def test_cli_rope_scaling_rescores_the_rotary_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    res = runner.invoke(app, [*TINY, "--positions", "rotary,none", "--rope-scaling",
+                              "pi,ntk,yarn", "--stride", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = read_csv(out / "extrapolation.csv")
+    ppl = {(r["position"], int(r["eval_len"])): float(r["ppl"]) for r in rows}
+    assert {p for p, _ in ppl} == {"rotary", "none", "rotary+pi", "rotary+ntk", "rotary+yarn"}
+    for s in ("pi", "ntk", "yarn"):  # at L the scalings are plain rotary; beyond it they differ
+        assert ppl[f"rotary+{s}", 16] == ppl["rotary", 16]
+        assert ppl[f"rotary+{s}", 64] != ppl["rotary", 64]
+    assert [t["position"] for t in read_csv(out / "training.csv")] == ["rotary", "none"]
+    assert json.loads((out / "run.json").read_text())["args"]["rope_scaling"] == [
+        "pi", "ntk", "yarn"]
+    res = runner.invoke(app, [*TINY, "--positions", "alibi", "--rope-scaling", "pi",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "add rotary to --positions" in " ".join(res.output.split())
+    res = runner.invoke(app, [*TINY, "--rope-scaling", "yarm", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 1 and "Did you mean 'yarn'" in res.output

@@ -120,7 +120,9 @@ def test_learned_fails_past_its_table_instead_of_wrapping():
 def test_registry_kinds_and_listing():
     kinds = {name: cls.kind for name, cls in positions.REGISTRY.items()}
     assert kinds == {"none": "none", "sinusoidal": "absolute", "learned": "absolute",
-                     "rotary": "rotary", "t5": "bias", "alibi": "bias"}
+                     "rotary": "rotary", "t5": "bias", "alibi": "bias", "xpos": "rotary",
+                     "kerple_log": "bias", "kerple_power": "bias", "fire": "bias",
+                     "rope_pi": "rotary", "rope_ntk": "rotary", "rope_yarn": "rotary"}
     rows = positions.list_rows()
     assert [r["name"] for r in rows] == ALL
     assert all(r["paper"] and r["method"] for r in rows)
@@ -201,18 +203,21 @@ def naive_attention(attn, pe, x):
     pos = torch.arange(N)
     q, k, v = (t.view(B, N, pe.n_heads, -1).transpose(1, 2) for t in attn.qkv(x).chunk(3, -1))
     if pe.kind == "rotary":
-        q, k = pe(q, pos), pe(k, pos)
+        q, k = pe(q, pos), pe(k, pos, is_key=True)
     scores = q @ k.transpose(-1, -2) / math.sqrt(pe.head_dim)  # (B, H, N, N)
     dist = relative_distance(pos, pos)
     if pe.name == "alibi":
         scores = scores - alibi_slopes(pe.n_heads)[:, None, None] * dist
     elif pe.name == "t5":
         scores = scores + pe.emb.weight[relative_position_bucket(dist)].permute(2, 0, 1)
+    elif pe.kind == "bias":  # formulas tested on their own in test_new_positions.py
+        scores = scores + pe(pos, pos)
     scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
     return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, D))
 
 
-@pytest.mark.parametrize("name", ["none", "rotary", "t5", "alibi"])
+@pytest.mark.parametrize("name", ["none", "rotary", "t5", "alibi", "xpos", "kerple_log",
+                                  "kerple_power", "fire", "rope_yarn"])
 @pytest.mark.parametrize("chunk_elems", [2**24, 4 * 37 * 5])
 def test_attention_equals_naive_reference(name, chunk_elems):
     model = tiny_lm(name, chunk_elems=chunk_elems)

@@ -1,5 +1,7 @@
 """Corpora for `lsbench extrapolate`, all offline: the Python standard library's own source
-(default) or a user's text file / directory of text files.
+(default), English prose from the same place (`stdlib-docs`: every docstring, read with `ast`,
+plus the language reference topics of `pydoc_data/topics.py`), or a user's text file /
+directory of text files.
 
 A corpus is split train / valid / test *by file* (a file's bucket comes from a hash of its
 relative path, so adding a file never moves the others); a single file, or a directory too small
@@ -9,6 +11,7 @@ hashed, and byte counts recorded, so a run says exactly what it was trained and 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import sysconfig
@@ -26,7 +29,10 @@ EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages",
 
 BUILTIN = {
     "stdlib": "the Python standard library's .py sources (found via sysconfig), tests excluded",
+    "stdlib-docs": "English prose: the standard library's docstrings (via ast) and the "
+                   "pydoc_data/topics.py reference topics, tests excluded",
 }
+TOPICS = "pydoc_data/topics.py"
 
 
 @dataclass
@@ -53,17 +59,22 @@ class Corpus:
 
 
 def list_rows() -> list[dict]:
-    """Rows for `lsbench list corpora`."""
+    """Rows for `lsbench list corpora` (stdlib-docs is parsed to be sized: a few seconds)."""
     rows = []
+    root = stdlib_root()
     for name, what in BUILTIN.items():
-        root = stdlib_root()
-        files = stdlib_files(root)
+        if name == "stdlib":
+            files = stdlib_files(root)
+            n, size = len(files), sum(f.stat().st_size for f in files)
+        else:
+            docs = stdlib_docs(root)
+            n, size = len(docs), sum(len(d) for d in docs.values())
         rows.append({
             "name": name,
             "source": what,
             "root": str(root),
-            "files": len(files),
-            "size_mib": round(sum(f.stat().st_size for f in files) / 2**20, 2),
+            "files": n,
+            "size_mib": round(size / 2**20, 2),
         })
     rows.append({
         "name": "PATH",
@@ -92,6 +103,44 @@ def stdlib_files(root: Path) -> list[Path]:
     return _walk(root, lambda f: f.endswith(".py"))
 
 
+def docstrings(source: bytes) -> list[str]:
+    """The module, class and function docstrings of one source file, in source order."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):  # a file this Python cannot parse has no docs to give
+        return []
+    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    found = [(getattr(n, "lineno", 0), ast.get_docstring(n)) for n in ast.walk(tree)
+             if isinstance(n, nodes)]
+    return [doc for _, doc in sorted(found, key=lambda t: t[0]) if doc]
+
+
+def topics(source: bytes) -> dict[str, str]:
+    """The `topics = {...}` dict of pydoc_data/topics.py, read without importing it."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "topics" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def stdlib_docs(root: Path) -> dict[str, bytes]:
+    """rel name -> UTF-8 prose: one document per source file (its docstrings, blank-line
+    separated) and one per reference topic (`pydoc_data/topics.py#name`), so the by-file split
+    puts each topic in its own bucket."""
+    docs: dict[str, bytes] = {}
+    for f in stdlib_files(root):
+        rel = f.relative_to(root).as_posix()
+        if rel == TOPICS:
+            for name, text in sorted(topics(f.read_bytes()).items()):
+                docs[f"{rel}#{name}"] = text.encode("utf-8")
+            continue
+        found = docstrings(f.read_bytes())
+        if found:
+            docs[rel] = "\n\n".join(found).encode("utf-8")
+    return docs
+
+
 def _bucket(rel: str) -> str:
     h = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 100
     return "valid" if h < VALID_PCT else "test" if h < VALID_PCT + TEST_PCT else "train"
@@ -111,6 +160,7 @@ def _read_utf8(path: Path) -> bytes:
 
 def load_corpus(spec: str = "stdlib") -> Corpus:
     """Load a built-in corpus by name or a user path; raises LsbenchError with the fix."""
+    docs: dict[str, bytes] | None = None
     if spec in BUILTIN:
         root = stdlib_root()
         if not root.is_dir():
@@ -118,6 +168,8 @@ def load_corpus(spec: str = "stdlib") -> Corpus:
                 f"the Python standard library was not found at {root}; pass --corpus PATH."
             )
         files, name = stdlib_files(root), spec
+        if spec == "stdlib-docs":
+            docs = stdlib_docs(root)
     else:
         root = Path(spec).expanduser()
         if not root.exists():
@@ -130,7 +182,8 @@ def load_corpus(spec: str = "stdlib") -> Corpus:
             files, root = [root], root.parent
         else:
             files = _walk(root, lambda f: f[0] != ".")
-    docs = {f.relative_to(root).as_posix(): _read_utf8(f) for f in files}
+    if docs is None:
+        docs = {f.relative_to(root).as_posix(): _read_utf8(f) for f in files}
     docs = {rel: data for rel, data in docs.items() if data}
     if not docs:
         raise LsbenchError(f"corpus {spec!r} has no non-empty text files; point at text.")

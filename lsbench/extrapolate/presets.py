@@ -30,11 +30,22 @@ class Preset:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_windows: int = 4  # held-out stream = eval_windows × the longest eval length
-    sliding_windows: int = 8  # windows per length in sliding mode (each scores `stride` tokens)
+    # tokens scored per length in sliding mode (windows of `stride` scored tokens each); fewer
+    # than evaluate.MIN_TRUSTED_TOKENS are marked low precision
+    sliding_tokens: int = 16_384
     eval_batch_tokens: int = 16384  # windows of one length are batched up to this many tokens
     ckpt_every: int = 50  # steps between checkpoints
     dtype: str = "float32"  # compute dtype on CUDA (autocast); CPU always runs float32
     threads: int = 0  # CPU threads (0: torch's default); tiny ops run faster on one
+    # Learned position parameters get their own AdamW group: lr × this multiplier, no weight
+    # decay (keyed by position name; others: × 1). Why T5 needs it: its bias table starts at 0
+    # and AdamW moves a parameter by at most ~lr per step, so over a short run it can reach
+    # at most ~sum(lr) (0.8 in the first cpu preset), while ALiBi's steepest head already
+    # applies -2.5 at distance 10. A 10× lr lets it learn a comparable distance penalty.
+    position_lr_mult: tuple[tuple[str, float], ...] = (("t5", 10.0),)
+
+    def lr_mult_for(self, position: str) -> float:
+        return dict(self.position_lr_mult).get(position, 1.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +58,7 @@ PRESETS = {
             name="tiny",
             description="seconds: a 2-layer 32-wide model on 32k tokens (tests, smoke checks)",
             d_model=32, n_heads=4, n_layers=2, batch_size=4, train_tokens=32_768, lr=3e-3,
-            eval_windows=1, sliding_windows=2, ckpt_every=10, threads=1,
+            eval_windows=1, sliding_tokens=16, ckpt_every=10, threads=1,
         ),
         Preset(
             name="cpu",
@@ -60,7 +71,7 @@ PRESETS = {
             description="closer to the paper: 8 layers × 512 wide (8 heads), 100M training "
                         "tokens per method, bfloat16",
             d_model=512, n_heads=8, n_layers=8, batch_size=32, train_tokens=100_000_000,
-            lr=6e-4, eval_windows=8, sliding_windows=64, eval_batch_tokens=65536,
+            lr=6e-4, eval_windows=8, sliding_tokens=65_536, eval_batch_tokens=65536,
             ckpt_every=500, dtype="bfloat16",
         ),
     )

@@ -3,7 +3,9 @@
 Run directory (the contract with `lsbench report`):
 - run.json           kind, command, args, env fingerprint, lsbench version, corpus, preset, times
 - extrapolation.csv  position, train_len, eval_len, eval_mode, stride, tokens_scored, loss, ppl
-                     (+ status: ok | not_applicable, reason)
+                     (+ status: ok | not_applicable, reason; loss_se and the 95% interval
+                     ppl_ci_low..ppl_ci_high; ppl_ratio = ppl/ppl(L) and delta_bits =
+                     (loss - loss(L))/ln 2; low_precision when fewer than 16k tokens were scored)
 - training.csv       position, train_len, params, tokens_trained, train_time_s, tokens_per_s,
                      peak_mem_mib, final_train_loss
 - training_curve.csv position, step, tokens, loss, lr
@@ -28,14 +30,22 @@ import torch
 import lsbench
 from lsbench import positions as position_registry
 from lsbench.errors import LsbenchError, unknown_choice
+from lsbench.extrapolate.analysis import add_relative_columns, control_warnings, ngram_ceilings
 from lsbench.extrapolate.corpus import load_corpus
-from lsbench.extrapolate.evaluate import NONOVERLAPPING, SLIDING, evaluate, perplexity, sliding_span
+from lsbench.extrapolate.evaluate import (
+    MIN_TRUSTED_TOKENS,
+    NONOVERLAPPING,
+    SLIDING,
+    score,
+    sliding_span,
+)
 from lsbench.extrapolate.presets import DEFAULT_EVAL_MULTS, PRESETS, Preset, get_preset
 from lsbench.extrapolate.tokenizer import VOCAB_SIZE
 from lsbench.extrapolate.train import (
     TrainState,
     autocast_for,
     checkpoint_meta,
+    describe_groups,
     load_checkpoint,
     total_steps,
     train,
@@ -43,8 +53,11 @@ from lsbench.extrapolate.train import (
 from lsbench.models import CausalLM, CausalLMConfig
 
 PAPER_POSITIONS = ("sinusoidal", "rotary", "t5", "alibi")
+# `none` (NoPE) is the control: a method not clearly better at L has not learned position
+DEFAULT_POSITIONS = (*PAPER_POSITIONS, "none")
 EXTRAPOLATION_COLUMNS = ["position", "train_len", "eval_len", "eval_mode", "stride",
-                         "tokens_scored", "loss", "ppl", "status", "reason"]
+                         "tokens_scored", "loss", "ppl", "status", "reason", "loss_se",
+                         "ppl_ci_low", "ppl_ci_high", "ppl_ratio", "delta_bits", "low_precision"]
 TRAINING_COLUMNS = ["position", "train_len", "params", "tokens_trained", "train_time_s",
                     "tokens_per_s", "peak_mem_mib", "final_train_loss"]
 
@@ -120,7 +133,7 @@ def parse_eval_lens(spec: str | Sequence | None, train_len: int) -> list[int]:
 
 
 def parse_positions(spec: str | Sequence | None) -> list[str]:
-    names = list(PAPER_POSITIONS) if not spec else (
+    names = list(DEFAULT_POSITIONS) if not spec else (
         [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     )
     if not names:
@@ -129,6 +142,28 @@ def parse_positions(spec: str | Sequence | None) -> list[str]:
         if name not in position_registry.REGISTRY:
             raise unknown_choice("position method", name, position_registry.REGISTRY, "--positions")
     return list(dict.fromkeys(names))
+
+
+# eval-time RoPE scalings of the rotary checkpoint: short name -> registered position method
+ROPE_SCALINGS = {"pi": "rope_pi", "ntk": "rope_ntk", "yarn": "rope_yarn"}
+
+
+def parse_rope_scaling(spec: str | Sequence | None, names: list[str]) -> list[str]:
+    """'pi,ntk,yarn' -> short names; they rescore the trained rotary model, so it must be there."""
+    if not spec:
+        return []
+    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) \
+        else list(spec)
+    out = []
+    for item in items:
+        short = item.removeprefix("rope_")
+        if short not in ROPE_SCALINGS:
+            raise unknown_choice("RoPE scaling", item, ROPE_SCALINGS, "--rope-scaling")
+        out.append(short)
+    if out and "rotary" not in names:
+        raise LsbenchError("--rope-scaling rescores the rotary model without retraining; add "
+                           "rotary to --positions (e.g. --positions rotary,alibi,none).")
+    return list(dict.fromkeys(out))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,6 +185,10 @@ def _load_avg() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):  # not on every platform
         return None
+
+
+def _round(x: float | None) -> float | None:
+    return x if x is None or not math.isfinite(x) else round(x, 4)
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -181,6 +220,7 @@ def run_extrapolate(
     seed: int = 0,
     threads: int = 0,
     train_tokens: int | None = None,
+    rope_scaling: str | Sequence[str] | None = None,
     command: str = "",
     events: Events = _quiet,
 ) -> ExtrapolationResult:
@@ -191,6 +231,7 @@ def run_extrapolate(
     if not isinstance(train_len, int) or train_len < 1:
         raise LsbenchError(f"--train-len must be a positive integer, got {train_len!r}.")
     names = parse_positions(positions)
+    scalings = parse_rope_scaling(rope_scaling, names)
     lens = parse_eval_lens(eval_lens, train_len)
     dev = resolve_device(device)
     p = get_preset(preset or ("gpu" if dev.type == "cuda" else "cpu"))
@@ -216,14 +257,15 @@ def run_extrapolate(
         torch.set_num_threads(threads)
     try:
         return _run(train_len, names, corpus, out, p, lens, stride, eval_only, dev, seed,
-                    train_tokens, command, events)
+                    train_tokens, command, events, scalings)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, p: Preset,
          lens: list[int], stride: int, eval_only: bool, dev: torch.device, seed: int,
-         train_tokens: int | None, command: str, events: Events) -> ExtrapolationResult:
+         train_tokens: int | None, command: str, events: Events,
+         scalings: list[str] = ()) -> ExtrapolationResult:
     data = load_corpus(corpus)
     train_stream, valid = data.streams["train"], data.streams["valid"]
     if len(train_stream) < train_len + 2:
@@ -241,7 +283,7 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
             "corpus."
         )
     stream = valid[: n_targets + 1]
-    span = sliding_span(n_targets, longest, stride, p.sliding_windows) if stride else 0
+    span = sliding_span(n_targets, longest, stride, -(-p.sliding_tokens // stride)) if stride else 0
     steps = total_steps(p, train_len, train_tokens)
 
     out = Path(out) if out is not None else default_out()
@@ -255,7 +297,8 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
             "preset": p.name, "eval_lens": lens, "stride": stride, "eval_only": eval_only,
             "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
             "train_tokens": steps * p.batch_size * train_len, "train_steps": steps,
-            "eval_tokens": n_targets, "sliding_tokens": span}
+            "eval_tokens": n_targets, "sliding_tokens": span,
+            "min_trusted_tokens": MIN_TRUSTED_TOKENS, "rope_scaling": list(scalings)}
     from lsbench.measure.env import fingerprint
 
     run = {"kind": "extrapolate", "command": command, "args": args, "env": fingerprint(),
@@ -263,7 +306,11 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
            "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
            "finished_at": None, "wall_time_s": None,
            # other processes competing for the CPU make every timing slower: keep the evidence
-           "load_avg_1m": {"start": _load_avg(), "end": None}}
+           "load_avg_1m": {"start": _load_avg(), "end": None},
+           # per method: AdamW groups (peak lr, weight decay), disclosed in the report
+           "optimizer": {},
+           "eval_ceilings": ngram_ceilings(train_stream, stream),
+           "control_warnings": []}
     t0 = time.perf_counter()
     _write_json(out / "run.json", run)
     result = ExtrapolationResult(out=out, run=run)
@@ -276,6 +323,7 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
         meta = checkpoint_meta(cfg, p, train_len, steps, seed, data.files_sha256)
         torch.manual_seed(seed)  # same initial weights for every method where shapes agree
         model = CausalLM(cfg)
+        run["optimizer"][name] = describe_groups(model, p)
         ckpt_path = ckpt_dir / f"{name}.pt"
         state = _train_or_load(model, name, train_stream, p, train_len, steps, seed, ckpt_path,
                                meta, dev, eval_only, events)
@@ -288,6 +336,17 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
                   for i, (loss, lr) in enumerate(zip(state.losses, state.lrs, strict=True))]
         result.rows += _evaluate_all(model, name, stream, lens, stride, span, train_len, p, dev,
                                      events)
+        for short in scalings if name == "rotary" else ():
+            # the same trained weights, scored with scaled rotary angles (no retraining)
+            scaled = CausalLM(CausalLMConfig(
+                position=ROPE_SCALINGS[short], vocab_size=VOCAB_SIZE, d_model=p.d_model,
+                n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len))
+            scaled.load_state_dict(model.state_dict())
+            result.rows += _evaluate_all(scaled.to(dev), f"rotary+{short}", stream, lens, stride,
+                                         span, train_len, p, dev, events)
+        add_relative_columns(result.rows, train_len)
+        run["control_warnings"] = control_warnings(result.rows, train_len)
+        _write_json(out / "run.json", run)
         _write_csv(out / "training.csv", TRAINING_COLUMNS, result.training)
         _write_csv(out / "training_curve.csv", ["position", "step", "tokens", "loss", "lr"],
                    curve)
@@ -344,21 +403,24 @@ def _evaluate_all(model: CausalLM, name: str, stream: torch.Tensor, lens: list[i
         for n in lens:
             row = {"position": name, "train_len": train_len, "eval_len": n, "eval_mode": mode,
                    "stride": s or None, "tokens_scored": None, "loss": None, "ppl": None,
-                   "status": "ok", "reason": None}
+                   "status": "ok", "reason": None, "loss_se": None, "ppl_ci_low": None,
+                   "ppl_ci_high": None, "low_precision": None}
             if model.max_len is not None and n > model.max_len:
                 row.update(status="not_applicable",
                            reason=f"{name} covers positions < {model.max_len} only")
             else:
                 events("eval_start", position=name, eval_len=n, eval_mode=mode)
-                tokens, nll = evaluate(
+                sc = score(
                     model, stream, n, mode, stride=s, span=span,
                     batch_tokens=p.eval_batch_tokens, amp=amp,
                     on_batch=lambda i, k, n=n, mode=mode: events(
                         "eval_batch", position=name, eval_len=n, eval_mode=mode, done=i, total=k),
                 )
-                ppl = perplexity(nll)
-                row.update(tokens_scored=tokens, loss=round(nll, 6),
-                           ppl=round(ppl, 4) if math.isfinite(ppl) else ppl)
+                low, high = sc.ppl_ci()
+                row.update(tokens_scored=sc.tokens, loss=round(sc.loss, 6), ppl=_round(sc.ppl),
+                           loss_se=None if sc.loss_se is None else round(sc.loss_se, 6),
+                           ppl_ci_low=_round(low), ppl_ci_high=_round(high),
+                           low_precision=sc.low_precision)
             rows.append(row)
             events("eval_end", **row)
     return rows

@@ -26,6 +26,8 @@ from lsbench.measure.memory import track_peak
 from lsbench.models import CausalLM, CausalLMConfig
 
 CKPT_FORMAT = 1
+EVAL_ONLY_FIELDS = {"name", "description", "eval_windows", "sliding_tokens", "eval_batch_tokens",
+                    "ckpt_every", "threads"}  # preset fields that do not change the weights
 FINAL_LOSS_STEPS = 20  # final_train_loss = mean loss of the last steps (one batch is noisy)
 
 
@@ -79,14 +81,32 @@ def batch_at(stream: torch.Tensor, step: int, batch_size: int, seq_len: int,
     return stream[starts[:, None] + torch.arange(seq_len + 1)].long()
 
 
-def make_optimizer(model: CausalLM, preset: Preset) -> torch.optim.AdamW:
-    """Weight decay on weight matrices only (not biases, norms or position tables)."""
-    decay, no_decay = [], []
+def param_groups(model: CausalLM, preset: Preset) -> list[dict]:
+    """AdamW groups: weight matrices (decayed), biases and norms (not decayed), and the position
+    method's learned parameters (own lr multiplier, never decayed; see Preset.position_lr_mult)."""
+    decay, no_decay, pos = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and not name.startswith("pe.") else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": preset.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=preset.lr, betas=(0.9, 0.95))
+        if name.startswith("pe."):
+            pos.append(p)
+        else:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    mult = preset.lr_mult_for(model.cfg.position)
+    groups = [{"name": "weights", "params": decay, "weight_decay": preset.weight_decay,
+               "lr_mult": 1.0},
+              {"name": "biases_norms", "params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+              {"name": "position", "params": pos, "weight_decay": 0.0, "lr_mult": mult}]
+    return [g for g in groups if g["params"]]
+
+
+def describe_groups(model: CausalLM, preset: Preset) -> list[dict]:
+    """What run.json records per optimizer group: parameter count, peak lr, weight decay."""
+    return [{"group": g["name"], "params": sum(p.numel() for p in g["params"]),
+             "peak_lr": preset.lr * g["lr_mult"], "lr_mult": g["lr_mult"],
+             "weight_decay": g["weight_decay"]} for g in param_groups(model, preset)]
+
+
+def make_optimizer(model: CausalLM, preset: Preset) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, preset), lr=preset.lr, betas=(0.9, 0.95))
 
 
 def autocast_for(device: torch.device, preset: Preset):
@@ -128,8 +148,10 @@ def load_checkpoint(path: Path, meta: dict | None = None) -> dict:
 
 def checkpoint_meta(model_cfg: CausalLMConfig, preset: Preset, train_len: int, steps: int,
                     seed: int, corpus_sha: str) -> dict:
-    """Everything that must match for a checkpoint to be resumed or evaluated."""
-    return {"model": asdict(model_cfg), "preset": preset.as_dict(), "train_len": train_len,
+    """Everything that must match for a checkpoint to be resumed or evaluated: the preset's
+    training settings, not its evaluation ones (so changing those rescores the same weights)."""
+    training = {k: v for k, v in preset.as_dict().items() if k not in EVAL_ONLY_FIELDS}
+    return {"model": asdict(model_cfg), "preset": training, "train_len": train_len,
             "total_steps": steps, "seed": seed, "corpus_sha256": corpus_sha}
 
 
@@ -157,7 +179,7 @@ def train(model: CausalLM, stream: torch.Tensor, preset: Preset, train_len: int,
             t0 = time.perf_counter()
             lr = lr_at(state.step, steps, preset)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
             batch = batch_at(stream, state.step, preset.batch_size, train_len, seed).to(device)
             measure = state.peak_mem_mib is None
             with track_peak(device) if measure else nullcontext() as mem:

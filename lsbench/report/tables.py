@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from lsbench.extrapolate.analysis import MIN_TRUSTED_TOKENS
+
 KNOWN_VARIANTS = ["transformer", "sdpa", "longformer", "bigbird", "linformer", "linear",
                   "poolingformer", "fastformer"]
-KNOWN_POSITIONS = ["sinusoidal", "learned", "rotary", "xpos", "t5", "t5_bias", "alibi",
-                   "kerple", "fire", "none"]
+KNOWN_POSITIONS = ["sinusoidal", "learned", "rotary", "rotary+pi", "rotary+ntk", "rotary+yarn",
+                   "rope_pi", "rope_ntk", "rope_yarn", "xpos", "t5", "t5_bias", "alibi",
+                   "kerple", "kerple_log", "kerple_power", "fire", "none"]
 SETTING_COLUMNS = ["device", "dtype", "d_model", "n_heads", "n_layers"]
 MODES = ["inference", "training"]
 BASELINES = ("transformer", "sdpa")
@@ -319,6 +322,10 @@ class ExtrapolationTable:
     summary: pd.DataFrame  # position: ppl at L, best length, best ppl, ratio
     ratio_label: str
     notes: list[str] = field(default_factory=list)
+    ratio: pd.DataFrame | None = None  # position x eval_len: ppl(n)/ppl(L)
+    delta_bits: pd.DataFrame | None = None  # position x eval_len: (loss(n) - loss(L)) / ln 2
+    ci_low: pd.DataFrame | None = None  # position x eval_len: 95% interval of the ppl
+    ci_high: pd.DataFrame | None = None
 
     @property
     def title(self) -> str:
@@ -372,7 +379,24 @@ def _extrapolation_table(train_len: int, mode: str, sub: pd.DataFrame) -> Extrap
     summary = pd.DataFrame(records)
     if train_len not in lens:
         notes.append(f"L={train_len:,} itself was not evaluated, so ratios are blank.")
-    return ExtrapolationTable(train_len, mode, ppl, summary, ratio_label, notes)
+    loss = sub.pivot_table(index="position", columns="eval_len", values="loss",
+                           aggfunc="last").reindex(index=positions, columns=lens)
+    base = loss[train_len] if train_len in loss.columns else pd.Series(np.nan, index=positions)
+    diff = loss.sub(base, axis=0)
+    ci = {}
+    for col in ("ppl_ci_low", "ppl_ci_high"):
+        have = col in sub.columns and sub[col].notna().any()
+        ci[col] = (sub.pivot_table(index="position", columns="eval_len", values=col,
+                                   aggfunc="last").reindex(index=positions, columns=lens)
+                   if have else None)
+    low = sub["low_precision"].fillna(False).astype(bool) if "low_precision" in sub.columns \
+        else sub["tokens_scored"].astype(float) < MIN_TRUSTED_TOKENS
+    if low.any():
+        notes.append(f"LOW PRECISION: fewer than {MIN_TRUSTED_TOKENS:,} tokens were scored at "
+                     "some lengths; differences of a few percent are within the noise.")
+    return ExtrapolationTable(train_len, mode, ppl, summary, ratio_label, notes,
+                              ratio=np.exp(diff), delta_bits=diff / math.log(2),
+                              ci_low=ci["ppl_ci_low"], ci_high=ci["ppl_ci_high"])
 
 
 def extrapolation_headlines(tabs: list[ExtrapolationTable]) -> list[str]:

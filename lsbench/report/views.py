@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lsbench.extrapolate.analysis import CONTROL, control_warnings
 from lsbench.report import plots, tables
 from lsbench.report.load import NOISE_LIMIT, Run
 from lsbench.report.tables import STATUS_MARK, fmt_num
@@ -301,9 +302,11 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
             plot_dir))
     tabs = tables.extrapolation_tables(ex)
     sec.headlines = tables.extrapolation_headlines(tabs)
+    _control_banners(sec, ex)
+    _extrapolation_trust(sec, run.meta)
     for i, t in enumerate(tabs):
         cols = ["position"] + [f"{n:,}" for n in t.ppl.columns] + [
-            "best length", t.ratio_label]
+            "best length", t.ratio_label, "95% CI at L"]
         rows = []
         summary = t.summary.set_index("position")
         for pos in t.ppl.index:
@@ -317,12 +320,17 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
             row.append(Cell(_int(best), "num", best))
             ratio = summary.at[pos, "ratio"]
             row.append(Cell(_times(ratio), "num", None if pd.isna(ratio) else float(ratio)))
+            row.append(Cell(_ci_at(t, pos), "num"))
             rows.append(row)
         view = TableView(f"{anchor}-ppl-{i}", f"Perplexity · {t.title}", cols, rows,
                          " ".join(["Perplexity per position method and evaluation length "
-                                   "(bold: its best length)."] + t.notes))
+                                   "(bold: its best length); 95% interval from the standard "
+                                   "error of the mean loss over 32 contiguous blocks of the "
+                                   "scored tokens."] + t.notes))
         view.group = "Perplexity tables"
         sec.tables.append(view)
+        if t.ratio is not None:
+            sec.tables.append(_ratio_view(t, f"{anchor}-ratio-{i}"))
         export = t.ppl.reset_index().assign(train_len=t.train_len, eval_mode=t.eval_mode)
         lead = ["train_len", "eval_mode", "position"]
         sec.exports[f"extrapolation-{slug(t.eval_mode)}-L{t.train_len}"] = export[
@@ -356,6 +364,70 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
         sec.tables.append(view)
         sec.exports["training"] = tr
     return sec
+
+
+def _ci_at(t: tables.ExtrapolationTable, pos: str) -> str:
+    if t.ci_low is None or t.ci_high is None or t.train_len not in t.ci_low.columns:
+        return ""
+    lo, hi = t.ci_low.at[pos, t.train_len], t.ci_high.at[pos, t.train_len]
+    return "" if pd.isna(lo) or pd.isna(hi) else f"{fmt_num(lo)}–{fmt_num(hi)}"
+
+
+def _ratio_view(t: tables.ExtrapolationTable, tid: str) -> TableView:
+    """ppl(n)/ppl(L) with the loss difference in bits per byte, per method and length."""
+    rows = []
+    for pos in t.ratio.index:
+        row = [Cell(pos, "name")]
+        for n in t.ratio.columns:
+            r, b = t.ratio.at[pos, n], t.delta_bits.at[pos, n]
+            row.append(Cell("—" if pd.isna(r) else f"{r:.2f}× ({b:+.2f} bits)", "num",
+                            None if pd.isna(r) else float(r)))
+        rows.append(row)
+    view = TableView(tid, f"Ratio to L · {t.title}",
+                     ["position"] + [f"{n:,} ({n / t.train_len:g}L)" for n in t.ratio.columns],
+                     rows, "ppl(n)/ppl(L) and, in brackets, the loss difference in bits per "
+                     "byte (token). Byte tokens cap the ratio: see the unigram ceiling in the "
+                     "provenance table.")
+    view.group = "Perplexity tables"
+    return view
+
+
+def _group_text(g: dict[str, Any]) -> str:
+    mult = f" (×{g['lr_mult']:g} the model's)" if g["lr_mult"] != 1 else ""
+    return (f"{g['group']}: {fmt_num(g['params'])} params, peak lr {g['peak_lr']:.3g}{mult}, "
+            f"weight decay {g['weight_decay']:g}")
+
+
+def _control_banners(sec: Section, ex: pd.DataFrame) -> None:
+    """Warn per method whose ppl at L is not clearly below the `none` (NoPE) control's."""
+    if ex.empty:
+        return
+    for train_len in sorted(ex["train_len"].dropna().unique()):
+        sub = ex[ex["train_len"] == train_len]
+        if CONTROL not in set(sub["position"].astype(str)):
+            sec.banners.append(("warn", f"No `{CONTROL}` control was trained at "
+                                        f"L={int(train_len):,}: nothing shows whether a flat "
+                                        "curve means a method extrapolates or never learned to "
+                                        "use position."))
+            continue
+        rows = [{"position": str(r.position), "eval_mode": str(r.eval_mode),
+                 "eval_len": int(r.eval_len), "ppl": float(r.ppl)} for r in sub.itertuples()]
+        for w in control_warnings(rows, int(train_len)):
+            sec.banners.append(("warn", w["message"]))
+
+
+def _extrapolation_trust(sec: Section, meta: dict[str, Any]) -> None:
+    """Optimizer groups (per-method learning rates) and the eval stream's n-gram ceilings."""
+    for pos, groups in (meta.get("optimizer") or {}).items():
+        sec.trust.append((f"optimizer · {pos}", "; ".join(_group_text(g) for g in groups)))
+    ceil = meta.get("eval_ceilings")
+    if ceil:
+        sec.trust.append(("eval stream ceilings",
+                          f"byte unigram ppl {fmt_num(ceil['unigram_ppl'])}, bigram "
+                          f"{fmt_num(ceil['bigram_ppl'])} ({ceil.get('fit_on', '')}); a model "
+                          "that lost all context would score near the unigram"))
+    if meta.get("train_len_note"):
+        sec.banners.append(("info", str(meta["train_len_note"])))
 
 
 def _common(sec: Section, run: Run) -> None:
@@ -394,7 +466,8 @@ def _common(sec: Section, run: Run) -> None:
     # Everything else the run recorded about itself (timing/memory methods, budgets, ...).
     shown = {"kind", "suite", "preset", "lsbench_version", "device", "device_name",
              "machine_peak_gflops", "machine_peak", "started_at", "finished_at", "threads", "env",
-             "suite_config", "corpus", "args", "command", "synthetic"}
+             "suite_config", "corpus", "args", "command", "synthetic", "optimizer",
+             "control_warnings", "eval_ceilings", "train_len_note"}
     trust += [(k.replace("_", " "), _env_value(v)) for k, v in meta.items() if k not in shown]
     sec.trust = [(k, v) for k, v in trust if v]
     sec.env = [(k, _env_value(v)) for k, v in run.env.items()]
