@@ -7,6 +7,7 @@ as one red line (no traceback) with exit code 1.
 from __future__ import annotations
 
 import json
+import sys
 from enum import Enum
 from functools import wraps
 from typing import Annotated
@@ -564,7 +565,8 @@ def report(
         "with PNG plot links; csv: the pivot and summary tables.")] = ReportFormat.html,
     out: Annotated[str | None, typer.Option(
         "--out", "-o", help="Output for md (a file, or - to print it) or csv (a directory) "
-        "(default: RUN_DIR/report.md, RUN_DIR/tables/).", show_default=False,
+        "(default: md is printed when stdout is a pipe or file, else RUN_DIR/report.md; csv: "
+        "RUN_DIR/tables/).", show_default=False,
         metavar="PATH")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the HTML page in a browser.")]
     = False,
@@ -584,6 +586,8 @@ def report(
     if html and fmt is not ReportFormat.html:
         raise LsbenchError(f"--html writes an HTML page but --format is {fmt.value}; use "
                            "--out for Markdown or CSV output.")
+    if fmt is ReportFormat.md and out is None and not sys.stdout.isatty():
+        out = "-"  # `lsbench report RUN -f md > report.md` and pipes get the Markdown itself
     result = build_report(run_dirs, fmt.value, html or out)
     for w in result.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)

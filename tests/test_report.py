@@ -150,7 +150,8 @@ def test_untrusted_strings_are_escaped(tmp_path):
     assert evil in " ".join(page.text)  # shown to the reader, as text
     md = build_report([run], "md", "-").text
     outside_code = re.sub(r"`[^`]*`", "", md)  # a code span shows its text literally
-    assert evil not in outside_code and "&lt;script&gt;" in outside_code
+    assert evil not in outside_code and "\\<script\\>" in outside_code
+    assert "&lt;" not in md and "&gt;" not in md and "&amp;" not in md  # Markdown, not HTML
 
 
 def test_inline_svg_has_no_namespaces_or_prolog():
@@ -407,3 +408,13 @@ def test_one_figure_set_per_setting(tmp_path):
     names = [p.name for p in result.sections[0].plots]
     assert names[:2] == ["latency-bfloat16", "memory-bfloat16"]
     assert "latency-float32" in names and len(names) == 8
+
+
+def test_markdown_goes_to_stdout_when_it_is_not_a_terminal(tmp_path):
+    from lsbench.report.testing import model_rows, write_latency_run
+
+    run = write_latency_run(tmp_path / "run", model_rows())
+    res = runner.invoke(app, ["report", str(run), "--format", "md"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("# lsbench report") and "&gt;" not in res.output
+    assert not (run / "report.md").exists()

@@ -8,11 +8,14 @@ from pathlib import Path
 import lsbench
 from lsbench.report.views import Cell, Section, TableView
 
+MD_SPECIAL = "\\<>&|"  # backslash-escaped: shown literally, never raw HTML or a cell break
+
 
 def md_escape(text: str) -> str:
-    """Cell text safe inside a GFM table: no pipes, newlines or raw HTML."""
-    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|").replace("\r", " ").replace("\n", " "))
+    """Text safe inside GFM (tables included): Markdown backslash escapes, not HTML entities,
+    so the source reads as plain text too; no pipes or newlines break a table row."""
+    out = "".join(f"\\{ch}" if ch in MD_SPECIAL else ch for ch in str(text))
+    return out.replace("\r", " ").replace("\n", " ")
 
 
 def md_table(t: TableView) -> str:
