@@ -218,6 +218,12 @@ def run_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="torch threads, fixed for the run (default: torch's).",
         show_default=False)] = None,
+    report_: Annotated[bool, typer.Option(
+        "--report", help="Write the HTML report (RUN_DIR/report.html) when the run ends.")]
+    = False,
+    open_: Annotated[bool, typer.Option(
+        "--open", help="With --report: open the page in a browser, where there is one.")]
+    = False,
 ) -> None:
     from pathlib import Path
 
@@ -248,10 +254,29 @@ def run_cmd(
         modes=S.parse_list("--mode", mode), dtype=dtype, device=device,
         mem_budget_bytes=S.parse_size(mem_budget) if mem_budget is not None else None,
         timeout_s=timeout, threads=threads, command=command, args=given)
-    _run_sweep(plan_run(req))
+    if open_ and not report_:
+        raise LsbenchError("--open opens the report, so it needs --report too.")
+    run_dir = _run_sweep(plan_run(req))
+    if report_:
+        _write_run_report(run_dir, open_)
 
 
-def _run_sweep(plan) -> None:
+def _write_run_report(run_dir, open_: bool) -> None:
+    """`lsbench run --report`: the HTML page of the run just finished, and its path."""
+    import webbrowser
+
+    from lsbench.report import build_report
+
+    result = build_report([str(run_dir)], "html", None)
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    page = next(f for f in result.files if f.suffix == ".html")
+    console.print(f"report: [bold]{page}[/]", highlight=False)
+    if open_ and not webbrowser.open(page.resolve().as_uri()):
+        err_console.print("[yellow]no browser found[/]; open the page above yourself.")
+
+
+def _run_sweep(plan):
     import signal
 
     from rich.progress import (
@@ -345,6 +370,7 @@ def _run_sweep(plan) -> None:
         err_console.print(f"[yellow]stopped[/] with {left} configs left; continue with: "
                           f"[bold]{resume_hint}[/]", highlight=False)
         raise typer.Exit(130)
+    return outcome.run_dir
 
 # --- lsbench extrapolate -------------------------------------------------------------------
 

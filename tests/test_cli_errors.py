@@ -111,3 +111,16 @@ def test_disk_full_while_appending_keeps_the_rows_already_written(tmp_path, monk
     assert "disk is full" in str(e.value) and "--resume" in str(e.value)
     assert store.jsonl.read_bytes() == before  # the half-written line is gone
     assert [json.loads(line)["config_id"] for line in before.decode().splitlines()] == ["a"]
+
+
+def test_run_report_writes_the_page_and_prints_its_path(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", *TINY, "--mode", "inference", "--out", str(out),
+                                 "--report"])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file() and f"report: {out / 'report.html'}" in result.output
+
+
+def test_open_needs_report(tmp_path):
+    result = runner.invoke(app, ["run", *TINY, "--out", str(tmp_path / "r"), "--open"])
+    assert result.exit_code == 1 and "--report" in result.output
