@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gc
 import math
+import resource
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +41,57 @@ class TimingResult:
     repeats: int  # timed samples (blocks)
     iters_per_sample: int  # steps per block
     samples_s: list[float] = field(default_factory=list)  # per-step time of each block
+    contention: Contention | None = None  # what the OS saw while the blocks ran
+    retimed: int = 0  # times the step was timed again because the machine was busy
 
     @property
-    def noisy(self) -> bool:
-        return self.iqr_s / self.median_s > NOISE_LIMIT if self.median_s > 0 else False
+    def noisy(self) -> bool | None:
+        """IQR/median > 10%; None (unknown) with fewer than MIN_SAMPLES samples."""
+        if self.repeats < MIN_SAMPLES or self.median_s <= 0:
+            return None
+        return self.iqr_s / self.median_s > NOISE_LIMIT
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.contention and self.contention.flagged(self))
+
+
+@dataclass
+class Contention:
+    """CPU the process got while its blocks ran, against the wall time they took.
+
+    A step preempted by another process shows involuntary context switches at a high rate
+    (a quiet core gives a few per second) and less CPU than wall time × threads. CPU time alone
+    cannot decide it: ops too small to parallelise use one thread of several on a quiet machine.
+    """
+
+    wall_s: float
+    cpu_s: float  # user + system, all threads of the process
+    involuntary_switches: int
+    threads: int
+
+    @property
+    def switch_rate(self) -> float:
+        return self.involuntary_switches / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU time over wall time × threads: 1.0 = every thread busy all the time."""
+        return self.cpu_s / (self.wall_s * self.threads) if self.wall_s > 0 else 1.0
+
+    def flagged(self, t: TimingResult) -> bool:
+        slow_block = (t.repeats >= MIN_SAMPLES
+                      and max(t.samples_s) > SLOW_BLOCK_FACTOR * t.median_s)
+        return self.switch_rate > MAX_SWITCH_RATE or slow_block
+
+    def describe(self, t: TimingResult) -> str:
+        worst = max(t.samples_s) / t.median_s if t.median_s > 0 and t.samples_s else 1.0
+        return (f"{self.switch_rate:.0f} involuntary context switches/s, CPU {self.cpu_share:.2f}"
+                f" of {self.threads} thread(s), slowest block {worst:.1f}x the median")
+
+
+MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy
+SLOW_BLOCK_FACTOR = 3.0  # a block this many times the median: something else ran
 
 
 def median_ci(samples: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -86,6 +135,45 @@ def summarise(samples_s: Sequence[float], iters_per_sample: int) -> TimingResult
 MIN_SAMPLES = 3  # a spread needs a few samples ...
 MAX_STRETCH = 5.0  # ... worth stretching the budget up to this factor for
 CI_SAMPLES = 6  # the fewest for which the median's 95% interval exists
+
+
+class _Usage:
+    """`with _Usage(threads) as u:` ... then `u.result`: a Contention over the block."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> _Usage:
+        self._r0, self._t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        r1, wall = resource.getrusage(resource.RUSAGE_SELF), clock() - self._t0
+        cpu = (r1.ru_utime - self._r0.ru_utime) + (r1.ru_stime - self._r0.ru_stime)
+        self.result = Contention(wall, cpu, r1.ru_nivcsw - self._r0.ru_nivcsw, self.threads)
+
+
+MAX_RETIMES = 2  # a contended row is timed again at most this often ...
+QUIET_WAIT_S = 1.0  # ... after waiting this long for the other process to move on
+
+
+def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
+                      step_s: float | None = None) -> TimingResult:
+    """`time_step` watched for contention (CPU runs): a contended result is timed again, up to
+    MAX_RETIMES times, and the least contended one is kept; it still says if it was contended."""
+    best = None
+    for attempt in range(MAX_RETIMES + 1):
+        if attempt:
+            time.sleep(QUIET_WAIT_S)
+        with _Usage(threads) as usage:
+            t = time_step(step, budget_s, threads, step_s)
+        t.contention, t.retimed = usage.result, attempt
+        if best is None or t.contention.switch_rate < best.contention.switch_rate:
+            best = t
+        if not t.contended:
+            return t
+    best.retimed = MAX_RETIMES
+    return best
 
 
 def time_step(step: Callable[[], Any], budget_s: float, threads: int,

@@ -32,12 +32,13 @@ EXTRA_COLUMNS = [
     "peak_rss_mib", "predicted_mem_mib", "latency_ci_level", "noisy", "threads",
     "iters_per_sample", "flops", "ffn_dim", "causal", "batch_tokens", "params", "measured_at",
     "precision", "detail", "layer", "computed_flops", "sdpa_backend", "matmul_precision",
-    "device_name",
+    "device_name", "contended", "contention", "retimed",
 ]
 MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "repeats",
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
             "latency_ci_level", "noisy", "iters_per_sample", "flops", "computed_flops",
-            "sdpa_backend", "matmul_precision", "device_name"]
+            "sdpa_backend", "matmul_precision", "device_name", "contended", "contention",
+            "retimed"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error")
 CONFIG_KEYS = ("variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
                "n_heads", "n_layers", "config_id", "ffn_dim", "causal", "batch_tokens", "params",

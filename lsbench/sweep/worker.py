@@ -147,7 +147,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from lsbench.measure.env import cpu_model
     from lsbench.measure.memory import track_peak
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision
-    from lsbench.measure.timing import MIN_SAMPLES, time_step
+    from lsbench.measure.timing import MIN_SAMPLES, time_step, time_step_checked
     from lsbench.models import Encoder, EncoderConfig
 
     c = unit["config"]
@@ -184,12 +184,13 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     model.zero_grad(set_to_none=True)
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
-    t = time_step(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
+    timer = time_step_checked if device.type == "cpu" else time_step
+    t = timer(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
     passes = 3 if c["mode"] == "training" else 1  # backward ≈ 2 × forward
     flops = model.flops(B, N) * passes  # useful work (lsbench.measure.flops)
     return {
         "status": "ok",
-        "reason": _timing_note(t.repeats, t.noisy, MIN_SAMPLES),
+        "reason": _timing_note(t, MIN_SAMPLES),
         "latency_ms": t.median_s * 1e3,
         "latency_ms_iqr": t.iqr_s * 1e3,
         "latency_ms_ci_low": t.ci_low_s * 1e3,
@@ -198,6 +199,9 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "repeats": t.repeats,
         "iters_per_sample": t.iters_per_sample,
         "noisy": t.noisy,
+        "contended": t.contended if t.contention else None,
+        "contention": t.contention.describe(t) if t.contention else None,
+        "retimed": t.retimed,
         "peak_mem_mib": mem.peak_mib,
         "peak_rss_mib": rss.delta_mib if device.type == "cpu" else None,
         "tokens_per_s": B * N / t.median_s,
@@ -229,11 +233,18 @@ def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
     return probe.backends, bool(torch.isfinite(y).all())
 
 
-def _timing_note(repeats: int, noisy: bool, min_samples: int) -> str:
-    if repeats < min_samples:
-        return (f"only {repeats} timed sample(s) fit the time budget, so the spread and CI "
-                "say little (raise time_budget_s)")
-    return "noisy: IQR/median > 10%" if noisy else ""
+def _timing_note(t, min_samples: int) -> str:
+    notes = []
+    if t.contended:
+        notes.append(f"contended: another process took the CPU while this row was timed "
+                     f"({t.contention.describe(t)}; timed {t.retimed + 1}x, least contended "
+                     "kept): treat the time as an upper bound")
+    if t.repeats < min_samples:
+        notes.append(f"only {t.repeats} timed sample(s) fit the time budget, so the spread "
+                     "and CI say little (raise time_budget_s)")
+    elif t.noisy:
+        notes.append("noisy: IQR/median > 10%")
+    return "; ".join(notes)
 
 
 def probe(unit: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""Per-row contention: rows timed while another process took the CPU are flagged and re-timed;
+rows with too few samples are never called steady."""
+
+from __future__ import annotations
+
+from lsbench.measure import timing
+from lsbench.measure.timing import Contention, summarise
+
+
+def test_few_samples_leave_noisy_unknown():
+    assert summarise([1.0, 1.0], 1).noisy is None
+    assert summarise([1.0, 1.0, 1.0], 1).noisy is False
+    assert summarise([1.0, 2.0, 3.0], 1).noisy is True
+
+
+def test_preemption_or_a_slow_block_flags_the_row():
+    steady = summarise([1.0, 1.01, 0.99, 1.0], 1)
+    quiet = Contention(wall_s=2.0, cpu_s=3.9, involuntary_switches=10, threads=2)
+    busy = Contention(wall_s=2.0, cpu_s=1.1, involuntary_switches=600, threads=2)
+    assert not quiet.flagged(steady) and busy.flagged(steady)
+    assert "300 involuntary context switches/s" in busy.describe(steady)
+    spiky = summarise([1.0, 1.0, 1.0, 5.0], 1)
+    assert quiet.flagged(spiky)  # one block 5x the median: something else ran
+    # one busy thread of two on a quiet machine (an op too small to parallelise) is not contention
+    single = Contention(wall_s=2.0, cpu_s=2.0, involuntary_switches=4, threads=2)
+    assert not single.flagged(steady)
+
+
+def test_a_contended_row_is_timed_again_and_the_least_contended_kept(monkeypatch):
+    rates = iter([900, 300, 500])
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+
+    class FakeUsage:
+        def __init__(self, threads):
+            self.threads = threads
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.result = Contention(1.0, 1.0, next(rates), self.threads)
+
+    monkeypatch.setattr(timing, "_Usage", FakeUsage)
+    monkeypatch.setattr(timing, "time_step", lambda *a, **k: summarise([1.0, 1.0, 1.0], 1))
+    t = timing.time_step_checked(lambda: None, 0.1, 1)
+    assert t.contended and t.retimed == timing.MAX_RETIMES
+    assert t.contention.involuntary_switches == 300
+
+
+def test_a_quiet_row_is_timed_once(monkeypatch):
+    t = timing.time_step_checked(lambda: sum(range(1000)), 0.05, 1)
+    assert t.contention is not None and t.contention.wall_s > 0 and t.retimed in (0, 1, 2)
