@@ -50,3 +50,49 @@ def test_a_contended_row_is_timed_again_and_the_least_contended_kept(monkeypatch
 def test_a_quiet_row_is_timed_once(monkeypatch):
     t = timing.time_step_checked(lambda: sum(range(1000)), 0.05, 1)
     assert t.contention is not None and t.contention.wall_s > 0 and t.retimed in (0, 1, 2)
+
+
+def test_a_falling_matmul_peak_warns_in_run_json_and_the_report(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lsbench.cli import app
+    from lsbench.sweep import worker
+
+    real_probe = worker.probe
+    calls = {"n": 0}
+
+    def probe(unit):
+        out = real_probe(unit)
+        calls["n"] += 1
+        if out.get("machine_peak") and calls["n"] > 1:  # the end-of-run re-check
+            out["machine_peak"]["gflops"] *= 0.5
+        return out
+
+    monkeypatch.setattr(worker, "probe", probe)
+    monkeypatch.setattr("lsbench.sweep.runner.LocalExecutor", InProcess)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--variants", "fastformer", "--seq-lens", "16",
+                                   "--mode", "inference", "--threads", "1", "--out", str(out),
+                                   "--report"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["machine_peak_end_gflops"] < info["machine_peak_gflops"]
+    assert any("matmul peak fell" in w for w in info["warnings"])
+    assert "matmul peak fell" in (out / "report.html").read_text()
+
+
+class InProcess:
+    """Runs units in this process (so the monkeypatched probe is the one used)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def run(self, unit, timeout_s):
+        from lsbench.sweep import worker
+
+        return worker.execute(unit)
+
+    def close(self):
+        pass

@@ -441,6 +441,8 @@ def _common(sec: Section, run: Run) -> None:
                                     "not a measurement."))
     for w in run.warnings:
         sec.banners.append(("warn", w))
+    for w in meta.get("warnings") or []:  # recorded by the run (busy CPU, a falling peak)
+        sec.banners.append(("warn", str(w)))
     sec.command = str(meta.get("command") or "")
     suite = meta.get("suite_config") or meta.get("corpus") or {}
     sec.suite_json = json.dumps(suite, indent=2, default=str) if suite else ""

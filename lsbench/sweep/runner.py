@@ -295,6 +295,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             events.row(row)
         else:
             complete = True
+            if new_rows and peak:
+                _recheck_peak(executor, plan, peak, info, events)
     finally:
         executor.close()
         if written:
@@ -302,6 +304,32 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             info["finished_at"] = now_iso() if complete else None
             store.write_info(info)
     return Outcome(plan.run_dir, list(store.rows), new_rows, complete, info)
+
+
+PEAK_DROP_WARN = 0.20  # the machine lost this much of its matmul peak during the run
+
+
+def _recheck_peak(executor: LocalExecutor, plan: Plan, peak: float, info: dict[str, Any],
+                  events: Events) -> None:
+    """Measure the matmul peak again after the sweep: a machine that got busier (or hotter)
+    meanwhile shows a lower peak, and every row's % of peak is then in doubt."""
+    unit = {"kind": "probe", "device": plan.device, "dtype": plan.suite.dtype,
+            "matmul_precision": plan.suite.matmul_precision,
+            "threads": plan.threads, "measure_peak": True}
+    try:
+        end = executor.run(unit, PROBE_TIMEOUT_S).get("machine_peak") or {}
+    except Exception:  # noqa: BLE001 - a failed re-check leaves the run as measured
+        return
+    if not end.get("gflops"):
+        return
+    info["machine_peak_end_gflops"] = end["gflops"]
+    drop = 1 - end["gflops"] / peak
+    if drop > PEAK_DROP_WARN:
+        warning = (f"the matmul peak fell {drop:.0%} during the run ({peak:.1f} -> "
+                   f"{end['gflops']:.1f} GFLOP/s): the machine got busier or slower, so later "
+                   "rows may be slow for reasons of their own; rerun on a quiet machine")
+        info.setdefault("warnings", []).append(warning)
+        events.status(f"warning: {warning}")
 
 
 def _finish_without_work(plan: Plan, events: Events) -> Outcome:
