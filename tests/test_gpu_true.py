@@ -111,3 +111,13 @@ def test_an_unsupported_dtype_is_named(monkeypatch):
                    "time_budget_s": 0.05, "warmup": 1, "threads": 1})
     assert row["status"] == "error"
     assert row["reason"].startswith("an op of this variant cannot run Half on this device")
+
+
+def test_max_batch_tokens_leaves_out_costly_batches_but_keeps_batch_one():
+    s = suite.load_suite("quick")
+    assert s.batch_sizes == [1, 8] and s.max_batch_tokens
+    configs = grid.build_grid(s, "cpu")
+    pairs = {(c["batch_size"], c["seq_len"]) for c in configs}
+    assert (8, 2048) in pairs and (8, 4096) not in pairs and (1, 8192) in pairs
+    listed = next(r for r in suite.list_rows() if r["name"] == "quick")
+    assert listed["configs"] == len(configs)

@@ -61,6 +61,9 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
         for fixed, tokens in batch_rules:
             for seq_len in sorted(suite.seq_lens):
                 batch = fixed if fixed is not None else max(1, tokens // seq_len)
+                if suite.max_batch_tokens and batch * seq_len > suite.max_batch_tokens:
+                    if batch > 1:  # B=1 always runs: the suite asked for this length
+                        continue
                 for name in suite.variants:
                     cfg = {
                         "variant": name,

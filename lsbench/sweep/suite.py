@@ -9,7 +9,9 @@ A suite (all sections optional except `[sweep]`; unknown keys are errors):
     [sweep]   variants (list or "all"), seq_lens, batch_sizes (list) or batch_tokens
               (batch = max(1, batch_tokens // seq_len)), modes ("inference", "training"),
               dtype, device ("auto", "cpu", "cuda"), matmul_precision (float32 matmuls:
-              "highest" = full fp32, the default; "high" = TF32 on CUDA; "medium")
+              "highest" = full fp32, the default; "high" = TF32 on CUDA; "medium"),
+              max_batch_tokens (leave out configs with batch × seq_len above it, e.g. to sweep
+              B=8 only where it stays cheap)
     [timing]  time_budget_s (timed seconds per config), warmup (steps), timeout_s (per config)
     [params.<variant>]  variant parameters, e.g. [params.longformer] window = 256
 
@@ -46,7 +48,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("d_model", "n_heads", "n_layers", "ffn_dim", "causal", "layer"),
     "sweep": ("variants", "seq_lens", "batch_sizes", "batch_tokens", "modes", "dtype", "device",
-              "matmul_precision"),
+              "matmul_precision", "max_batch_tokens"),
     "timing": ("time_budget_s", "warmup", "timeout_s"),
 }
 TOP_KEYS = ("name", "description", "params", *SECTIONS)
@@ -73,6 +75,7 @@ class Suite:
     dtype: str = "float32"
     device: str = "auto"
     matmul_precision: str = "highest"
+    max_batch_tokens: int | None = None
     time_budget_s: float = 1.0
     warmup: int = 1
     timeout_s: float = 300.0
@@ -194,6 +197,12 @@ def validate(suite: Suite, where: str) -> None:
     _positive_ints(suite.seq_lens, "seq_lens", where)
     _at_most(suite.seq_lens, MAX_SEQ_LEN, "seq_len", where)
     _at_most(suite.batch_sizes or [], MAX_BATCH, "batch size", where)
+    if suite.max_batch_tokens is not None:
+        _positive_ints([suite.max_batch_tokens], "max_batch_tokens", where)
+        if suite.max_batch_tokens < min(suite.seq_lens):
+            raise LsbenchError(f"{where}: max_batch_tokens {suite.max_batch_tokens} is below "
+                               f"the shortest length {min(suite.seq_lens)}, so nothing would "
+                               "run; raise it or remove it.")
     if suite.batch_tokens is not None:
         _positive_ints([suite.batch_tokens], "batch_tokens", where)
     else:
@@ -242,8 +251,9 @@ def validate(suite: Suite, where: str) -> None:
 def override(suite: Suite, **changes: Any) -> Suite:
     """Apply CLI overrides (None = keep the suite's value) and validate the result."""
     changes = {k: v for k, v in changes.items() if v is not None}
-    if "batch_sizes" in changes:
+    if "batch_sizes" in changes:  # batch sizes asked for explicitly all run
         changes["batch_tokens"] = None
+        changes["max_batch_tokens"] = None
     new = dataclasses.replace(suite, **changes)
     validate(new, "the command line" if changes else suite.source)
     return new
@@ -308,7 +318,8 @@ def list_rows() -> list[dict]:
         batches = (f"tokens/{suite.batch_tokens}" if suite.batch_tokens is not None
                    else ",".join(map(str, suite.batch_sizes or [1])))
         n_configs = len(suite.variants) * len(suite.modes) * sum(
-            len(suite.batches_for(n)) for n in suite.seq_lens)
+            1 for n in suite.seq_lens for b in suite.batches_for(n)
+            if b == 1 or not suite.max_batch_tokens or b * n <= suite.max_batch_tokens)
         rows.append({
             "name": name,
             "description": suite.description,
