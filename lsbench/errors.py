@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 class LsbenchError(Exception):
-    """A mistake the user can fix; `cli.py` prints it as one clean line and exits 1."""
+    """A mistake the user can fix; `lsbench.cli` prints it as one clean line and exits 1."""
 
 
 def unknown_choice(kind: str, value: str, choices: Iterable[str], where: str = "") -> LsbenchError:

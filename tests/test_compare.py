@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from synthetic_runs import model_rows, write_extrapolation_run, write_latency_run
 from typer.testing import CliRunner
 
 from lsbench.cli import app
 from lsbench.errors import LsbenchError
 from lsbench.report.compare import compare_runs, parse_percent
-from lsbench.report.testing import model_rows, write_extrapolation_run, write_latency_run
 
 runner = CliRunner()
 VARIANTS = ["transformer", "linear", "fastformer"]

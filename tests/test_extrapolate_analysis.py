@@ -113,8 +113,9 @@ def test_t5_bias_table_gets_its_own_lr_without_weight_decay(tmp_path):
 
 
 def test_report_shows_control_warnings_ratios_and_intervals(tmp_path):
+    from synthetic_runs import write_extrapolation_run
+
     from lsbench.report import build_report
-    from lsbench.report.testing import write_extrapolation_run
 
     run = write_extrapolation_run(tmp_path / "ext", train_len=64,
                                   positions=("sinusoidal", "alibi", "none"))

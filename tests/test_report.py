@@ -1,4 +1,4 @@
-"""`lsbench report` on small synthetic run directories (lsbench.report.testing)."""
+"""`lsbench report` on small synthetic run directories (tests/synthetic_runs.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from synthetic_runs import (
+    latency_row,
+    model_rows,
+    write_extrapolation_run,
+    write_latency_run,
+)
 from typer.testing import CliRunner
 
 from lsbench.cli import app
@@ -17,12 +23,6 @@ from lsbench.errors import LsbenchError
 from lsbench.report import build_report, tables
 from lsbench.report.load import load_run, normalise_rows
 from lsbench.report.plots import FIXED_STYLES, inline_svg, style
-from lsbench.report.testing import (
-    latency_row,
-    model_rows,
-    write_extrapolation_run,
-    write_latency_run,
-)
 
 runner = CliRunner()
 VARIANTS = ["transformer", "sdpa", "longformer", "linear", "fastformer"]
@@ -411,7 +411,7 @@ def test_one_figure_set_per_setting(tmp_path):
 
 
 def test_markdown_goes_to_stdout_when_it_is_not_a_terminal(tmp_path):
-    from lsbench.report.testing import model_rows, write_latency_run
+    from synthetic_runs import model_rows, write_latency_run
 
     run = write_latency_run(tmp_path / "run", model_rows())
     res = runner.invoke(app, ["report", str(run), "--format", "md"])

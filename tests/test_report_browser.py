@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_runs import model_rows, write_extrapolation_run, write_latency_run
 
 from lsbench.report import build_report
-from lsbench.report.testing import model_rows, write_extrapolation_run, write_latency_run
 
 pytestmark = pytest.mark.browser
 

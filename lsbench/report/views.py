@@ -437,7 +437,7 @@ def _common(sec: Section, run: Run) -> None:
                                     "it was interrupted or is still running, so some "
                                     "configurations are missing."))
     if meta.get("synthetic"):
-        sec.banners.append(("warn", "Synthetic data (written by lsbench.report.testing), "
+        sec.banners.append(("warn", "Synthetic data (written by the test suite), "
                                     "not a measurement."))
     for w in run.warnings:
         sec.banners.append(("warn", w))

@@ -428,7 +428,7 @@ def _is_default_dir(plan: Plan) -> bool:
         return False
 
 
-# --- the end-of-run summary (data; cli.py renders it) ------------------------------------------
+# --- the end-of-run summary (data; lsbench.cli.run renders it) ------------------------------
 
 MARKS = {"oom": "OOM", "skipped": "skip", "timeout": "T/O", "error": "ERR"}
 

@@ -1,0 +1,54 @@
+"""The typer app and what every command shares: consoles and the LsbenchError -> exit 1 rule.
+
+The cli package is the only code that prints or exits. Library code raises `LsbenchError`,
+which is shown as one red line (no traceback) with exit code 1.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+import lsbench
+from lsbench.errors import LsbenchError
+
+app = typer.Typer(
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Benchmark attention mechanisms for long sequences: speed, memory, extrapolation.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn LsbenchError into a clean message and exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LsbenchError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lsbench {lsbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """lsbench: latency, memory and length extrapolation of attention variants."""
