@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import psutil
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -107,3 +110,64 @@ def track_peak(device: torch.device | str) -> Iterator[PeakMemory]:
     result.peak_mib = tracker.peak / MIB
     result.peak_rss_mib = peak_rss_mib()
     result.method = "dispatch-mode tracker of live tensor storages; ru_maxrss"
+
+
+class RssPeak:
+    """Peak resident set size during a block, minus the RSS when it starts.
+
+    Linux: reset the kernel's high-water mark (`echo 5 > /proc/self/clear_refs`) and read
+    `VmHWM` afterwards: exact. Elsewhere: sample RSS every millisecond in a thread (can miss
+    a very short spike).
+    """
+
+    def __init__(self) -> None:
+        self.delta_mib: float | None = None
+        self.method = ""
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._peak = 0
+
+    def __enter__(self) -> RssPeak:
+        self._base = self._proc.memory_info().rss
+        if _reset_hwm():
+            self.method = "VmHWM after clear_refs reset, minus RSS at start (per step)"
+        else:
+            self.method = "RSS sampled every 1 ms, minus RSS at start (per step)"
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method.startswith("VmHWM"):
+            peak = _read_hwm()
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._proc.memory_info().rss)
+        if peak is not None:
+            self.delta_mib = max(0.0, (peak - self._base) / MIB)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _read_hwm() is not None
+    except OSError:
+        return False
+
+
+def _read_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

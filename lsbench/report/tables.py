@@ -3,6 +3,9 @@ speed-ups and the extrapolation table. Pure functions of the result rows (no I/O
 
 A *group* is one panel of the Fig-2 plots: a setting (device, dtype, d_model, n_heads, n_layers),
 a mode and a batch size. Variants are compared only inside a group.
+
+Why one module of ~450 lines: the pandas computations behind every report table (pivots,
+crossovers, slopes, failures) share the same grouping rules and stay together.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """What a report shows, independent of the output format: one Section per run, made of plots,
-tables (rows of display cells) and the trust details. html.py and markdown.py render it."""
+tables (rows of display cells) and the trust details. html.py and markdown.py render it.
+
+Why one module of ~500 lines: every display decision (formatting, banners, trust details)
+for both the HTML and the Markdown renderers lives here, so the two never disagree.
+"""
 
 from __future__ import annotations
 
