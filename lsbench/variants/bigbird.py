@@ -28,8 +28,8 @@ HF's exactly, the 2nd / 2nd-last blocks included (HF's five "parts" are one rule
   never draws block 2r + 3 and vice versa. Not reproduced: the legacy plan the official code
   switches to at N ∈ {1024, 3072, 4096} (`bigbird_block_rand_mask` over MAX_SEQ_LEN = 4096 with
   last_idx = 1024, which can draw the last global block twice), so the pattern is one rule at
-  every length; and HF ≥ 4.5x's eval mode, which draws no random blocks at all (all-zero ids,
-  i.e. block 0 repeated r times).
+  every length; and HF's eval mode (transformers 5.24, the version checked), which draws no
+  random blocks at all (all-zero ids: block 0, already global, gathered r more times).
 - "uniform": the paper's text: r blocks uniformly without replacement among all blocks that
   are neither in the row's window nor global, also per head (an earlier lsbench version shared
   one draw across heads; per head is what the official code does, so the two plans differ only
