@@ -250,6 +250,8 @@ class _DevicePlan:
 
 
 def _device_plan(pattern: Pattern, b: int, tail: int, device: torch.device) -> _DevicePlan:
+    """Index tensors of the unpadded forward for blocks of b tokens, `tail` real tokens in the
+    last one: sparse (head, block) units split by whether every gathered key is used."""
     H, nb, K = pattern.idx.shape
     head = np.arange(H)[:, None] * nb
     unit = head + np.arange(nb)  # (H, nb)
