@@ -372,19 +372,21 @@ class BigBird(QKVAttention):
         t = self.qkv(x).view(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
         if Np > N:
             t = F.pad(t, (0, 0, 0, Np - N))
-        q, k, v = t.contiguous().unbind(0)  # 3 × (B, H, Np, Dh), one copy
+        t = t.contiguous()  # (3, B, H, Np, Dh), one copy
         n_real = None
         if mask is not None:
             valid = key_validity(mask, B, N, Np, x.device)  # (B, Np)
             n_real = self._real_blocks(valid, N, b)  # one host sync
         if n_real is None:
-            y = self._attend(q, k, v, N, b)
+            y = self._attend(t, N, b)
         else:
-            y = self._attend_padded(q, k, v, valid, n_real, b)
+            y = self._attend_padded(*t.unbind(0), valid, n_real, b)
         return self.out(merge_heads(y[:, :, :N]))  # (B, N, D)
 
-    def _attend(self, q, k, v, N: int, b: int) -> torch.Tensor:
-        """No padding: cached groups, one gather + one SDPA each, no host sync."""
+    def _attend(self, qkv: torch.Tensor, N: int, b: int) -> torch.Tensor:
+        """No padding: cached groups, one gather of q and one of k and v together + one SDPA
+        each, no host sync. qkv: (3, B, H, Np, Dh) contiguous."""
+        q, k, v = qkv.unbind(0)  # 3 × (B, H, Np, Dh)
         B, H, Np, Dh = q.shape
         nb = Np // b
         plan = self._plan(nb, b, N - (nb - 1) * b, q.device)
@@ -395,12 +397,12 @@ class BigBird(QKVAttention):
             qg = q.view(B, H, nb, b, Dh).index_select(2, plan.glob).view(B, H, G * b, Dh)
             yg = F.scaled_dot_product_attention(qg, k[:, :, :N], v[:, :, :N], scale=scale)
             outs.append(yg.view(B, H * G, b, Dh))
-        qu, ku, vu = (t.view(B, H * nb, b, Dh) for t in (q, k, v))  # units (head, block)
+        qu = q.view(B, H * nb, b, Dh)  # units (head, block)
+        kvu = qkv[1:].view(2, B, H * nb, b, Dh)
         for grp in plan.groups:
             U = grp.units.shape[0]
             qs = qu.index_select(1, grp.units)  # (B, U, b, Dh)
-            ks = ku.index_select(1, grp.keys).view(B, U, -1, Dh)  # (B, U, K·b, Dh)
-            vs = vu.index_select(1, grp.keys).view(B, U, -1, Dh)
+            ks, vs = kvu.index_select(2, grp.keys).view(2, B, U, -1, Dh).unbind(0)  # (B,U,K·b,Dh)
             outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=grp.mask,
                                                        scale=scale))
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H·nb, b, Dh)
