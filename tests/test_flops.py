@@ -131,10 +131,5 @@ def test_helpers():
     assert attention_flops(10, 8) == 320 and linear_flops(3, 4, 5) == 120
 
 
-@pytest.mark.parametrize("n,b,g,r", [(40, 4, 2, 1), (37, 4, 2, 2), (64, 8, 3, 1), (9, 4, 2, 3)])
-def test_bigbird_pairs_match_the_forward(n, b, g, r):
-    from lsbench.variants.bigbird import BigBird
-
-    params = {"block_size": b, "num_global_blocks": g, "num_random_blocks": r}
-    allowed, computed = BigBird.pairs(n, {**BigBird.defaults, **params})
-    assert jacobian_pairs("bigbird", n, False, **params) == allowed <= computed
+# bigbird: tests/test_bigbird.py counts FLOPs against the dense per-head allowed mask, and
+# checks the forward against that mask.

@@ -1,6 +1,6 @@
-"""longformer, bigbird, poolingformer: agreement with full attention / dense masked references,
-Hugging Face parity (longformer), padding invariance, BigBird's fixed random pattern, errors,
-and O(N·w) memory. Registry-wide checks live in test_variants_contract.py.
+"""longformer, poolingformer (bigbird's own tests: test_bigbird.py): agreement with full attention
+/ dense masked references, Hugging Face parity (longformer), padding invariance (bigbird too),
+errors, and O(N·w) memory. Registry-wide checks live in test_variants_contract.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 from lsbench.errors import LsbenchError
 from lsbench.measure.memory import track_peak
 from lsbench.variants import build
-from lsbench.variants.bigbird import block_pattern
 from lsbench.variants.transformer import merge_heads, split_heads
 
 D, H = 32, 4
@@ -149,75 +148,7 @@ def test_longformer_matches_huggingface(global_tokens):
     torch.testing.assert_close(ours[mask], m.out(hf_y)[mask], **TOL)
 
 
-# --- bigbird -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n", [1, 20, 48, 45])
-def test_bigbird_pattern_covering_sequence_is_full_attention(n):
-    # 6 blocks of 8: window (3) + globals (2) + 3 random cover every block for every row
-    m = make("bigbird", block_size=8)
-    x, mask = randn(2, n, D), padding_mask(2, n, max(1, n - 5))
-    with torch.no_grad():
-        y, ref = m(x, mask), transformer_like(m)(x, mask)
-    torch.testing.assert_close(y[mask], ref[mask], **TOL)  # padded rows are don't-care
-
-
-def test_bigbird_block_size_beyond_sequence_is_full_attention():
-    m = make("bigbird")  # block 64 > N: one (global) block
-    x = randn(2, 30, D)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), transformer_like(m)(x), **TOL)
-
-
-@pytest.mark.parametrize("n_blocks", [1, 2, 5, 16, 40])
-@pytest.mark.parametrize("g,r", [(2, 3), (0, 2), (3, 1), (4, 0)])
-def test_bigbird_pattern_structure(n_blocks, g, r):
-    idx, ok, glob = block_pattern(n_blocks, g, r, seed=0)
-    glob_set = set(glob.tolist())
-    front = set(range(min(-(-g // 2), n_blocks)))
-    back = set(range(max(n_blocks - g // 2, 0), n_blocks))
-    assert glob_set == front | back
-    for c in range(n_blocks):
-        if c in glob_set:
-            continue
-        row = idx[c][ok[c]].tolist()
-        assert len(row) == len(set(row)), "no key block twice"
-        fixed = {j for j in (c - 1, c, c + 1) if 0 <= j < n_blocks} | glob_set
-        assert fixed <= set(row)
-        assert len(set(row) - fixed) == min(r, n_blocks - len(fixed))
-
-
-def test_bigbird_pattern_is_seeded_and_fixed():
-    a, b = block_pattern(32, 2, 3, seed=0), block_pattern.__wrapped__(32, 2, 3, 0)
-    assert all((x == y).all() for x, y in zip(a, b, strict=True))  # same without the cache
-    c = block_pattern.__wrapped__(32, 2, 3, 1)
-    assert not (a[0] == c[0]).all(), "another seed gives another pattern"
-
-
-def test_bigbird_same_output_across_calls_and_train_eval():
-    m = make("bigbird", block_size=4)
-    x = randn(2, 90, D)
-    with torch.no_grad():
-        first = m(x)
-        torch.testing.assert_close(m(x), first, atol=0, rtol=0)
-        m.train()
-        torch.testing.assert_close(m(x), first, atol=0, rtol=0)
-    assert not torch.allclose(first, transformer_like(m)(x), atol=1e-3), "pattern must be sparse"
-
-
-def test_bigbird_dependencies_follow_the_pattern():
-    b, nb = 4, 16
-    m = make("bigbird", block_size=b)
-    idx, ok, glob = m.pattern(nb)
-    x = randn(1, nb * b, D)
-    with torch.no_grad():
-        y = m(x)
-        for j in (1, 5, 9, 14):
-            x2 = x.clone()
-            x2[:, j * b : (j + 1) * b] += 3 * randn(b, D, seed=j)
-            changed = (m(x2) - y).abs().view(nb, b, D).amax((1, 2)) > 1e-6
-            expected = {c for c in range(nb) if j in idx[c][ok[c]].tolist()} | set(glob.tolist())
-            assert set(torch.nonzero(changed).flatten().tolist()) == expected
+# --- bigbird: tests/test_bigbird.py (HF parity, plans, dense reference, FLOPs) ------------
 
 
 # --- poolingformer -------------------------------------------------------------------------
@@ -303,6 +234,7 @@ PADDING_CASES = [
     ("longformer", True, dict(window=5, global_tokens=1)),
     ("bigbird", False, dict(block_size=4)),
     ("bigbird", False, dict(block_size=4, num_global_blocks=3, num_random_blocks=1)),
+    ("bigbird", False, dict(block_size=4, random_plan="uniform")),
 ] + [("poolingformer", c, p) for c in (False, True) for p in POOLING_CASES[1:]]
 
 
@@ -318,19 +250,6 @@ def test_padding_with_junk_does_not_change_real_tokens(name, causal, params):
         torch.testing.assert_close(m(torch.cat([x, junk], 1), mask)[:, :n_real], m(x), **TOL)
 
 
-def test_bigbird_mixed_lengths_in_a_batch():
-    # each sequence gets the pattern of its own real length: same as running it alone
-    m = make("bigbird", block_size=4)
-    x = randn(3, 90, D)
-    mask = torch.ones(3, 90, dtype=torch.bool)
-    mask[1, 41:] = False
-    mask[2, 70:] = False
-    with torch.no_grad():
-        y = m(x, mask)
-        for b, n in ((0, 90), (1, 41), (2, 70)):
-            torch.testing.assert_close(y[b : b + 1, :n], m(x[b : b + 1, :n]), **TOL)
-
-
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -343,6 +262,7 @@ def test_bigbird_mixed_lengths_in_a_batch():
         ("bigbird", dict(block_size=0), "block_size"),
         ("bigbird", dict(num_random_blocks=-1), "num_random_blocks"),
         ("bigbird", dict(seed=1.5), "seed"),
+        ("bigbird", dict(random_plan="per-head"), "random_plan"),
         ("poolingformer", dict(window=1), "window"),
         ("poolingformer", dict(pool_kernel=0), "pool_kernel"),
         ("poolingformer", dict(pool_stride=6), "pool_stride"),
@@ -357,11 +277,6 @@ def test_invalid_parameters_are_named(name, params, named):
 def test_unknown_pooling_suggests_close_match():
     with pytest.raises(LsbenchError, match="Did you mean 'max'"):
         build("poolingformer", d_model=D, n_heads=H, pooling="maxx")
-
-
-def test_bigbird_refuses_causal():
-    with pytest.raises(LsbenchError, match="causal"):
-        build("bigbird", d_model=D, n_heads=H, causal=True)
 
 
 # --- memory: O(N·w), measured ---------------------------------------------------------------
