@@ -96,20 +96,28 @@ def nystrom_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: int,
                       keep: torch.Tensor | None) -> torch.Tensor:
     """q (scaled), k, v: (B, H, N, Dh); keep (B, N) or None -> (B, H, N, Dh)."""
     qs, ks, count = landmark_means(q, k, m, keep)
-    has = count > 0  # (B, m): non-empty segments
     q_l = qs / count.clamp_min(1)[:, None, :, None]  # (B, H, m, Dh)
     k_l = ks / count.clamp_min(1)[:, None, :, None]
     neg = torch.finfo(q.dtype).min
-    sim1 = (q @ k_l.transpose(-2, -1)).masked_fill(~has[:, None, None, :], neg)  # (B, H, N, m)
+    sim1 = q @ k_l.transpose(-2, -1)  # (B, H, N, m)
     sim2 = q_l @ k_l.transpose(-2, -1)  # (B, H, m, m)
     sim3 = q_l @ k.transpose(-2, -1)  # (B, H, m, N)
     if keep is not None:
         sim3 = sim3.masked_fill(~keep[:, None, None, :], neg)
-    # empty landmarks: identity block in the kernel, so the pseudo-inverse leaves them apart
-    pair = has[:, :, None] & has[:, None, :]  # (B, m, m)
-    eye = torch.eye(m, device=q.device, dtype=torch.bool)
-    attn2 = torch.where(pair[:, None], sim2.masked_fill(~pair[:, None], neg).softmax(-1),
-                        eye.to(q.dtype))  # (B, H, m, m)
+    # Without a mask, whether a segment is empty is known from N alone (no host sync); the
+    # (N, m) masking pass is skipped when none is.
+    seg, front = segments(q.shape[2], m)
+    if keep is not None or front >= seg:
+        # empty landmarks: masked out of sim1, identity block in the kernel, so the
+        # pseudo-inverse (block-diagonal iterates) keeps them apart from the real ones
+        has = count > 0  # (B, m)
+        sim1 = sim1.masked_fill(~has[:, None, None, :], neg)
+        pair = has[:, :, None] & has[:, None, :]  # (B, m, m)
+        eye = torch.eye(m, device=q.device, dtype=q.dtype)
+        attn2 = torch.where(pair[:, None], sim2.masked_fill(~pair[:, None], neg).softmax(-1),
+                            eye)  # (B, H, m, m)
+    else:
+        attn2 = sim2.softmax(-1)
     context = iterative_pinv(attn2, iters) @ (sim3.softmax(-1) @ v)  # (B, H, m, Dh)
     return sim1.softmax(-1) @ context  # (B, H, N, Dh)
 
