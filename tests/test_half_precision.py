@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from lsbench.variants import REGISTRY, build
+from tests.test_variants_contract import device_marks
 
 N, D, H = 128, 64, 4
 TOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2}
-CASES = [(name, causal) for name in sorted(REGISTRY)
+CASES = [pytest.param(name, causal, marks=device_marks(name)) for name in sorted(REGISTRY)
          for causal in ((False, True) if REGISTRY[name].supports_causal else (False,))]
 
 

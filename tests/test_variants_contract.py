@@ -17,9 +17,22 @@ from lsbench.variants import REGISTRY, build
 D, H = 32, 4
 NAMES = sorted(REGISTRY)
 CAUSAL = [n for n in NAMES if REGISTRY[n].supports_causal]
-CASES = [pytest.param(n, False, id=n) for n in NAMES] + [
-    pytest.param(n, True, id=f"{n}-causal") for n in CAUSAL
+
+
+def device_marks(name: str) -> list:
+    """A variant that declares `devices` without "cpu" (e.g. flex_*: CUDA only) is skipped in
+    these CPU tests with a visible reason, and runs in the `gpu` job on CUDA instead."""
+    devices = getattr(REGISTRY[name], "devices", ("cpu", "cuda"))
+    if "cpu" in devices:
+        return []
+    return [pytest.mark.skip(reason=f"{name} runs on {', '.join(devices)} only "
+                                    f"(declares devices={devices!r}); see its module docstring")]
+
+
+CASES = [pytest.param(n, False, id=n, marks=device_marks(n)) for n in NAMES] + [
+    pytest.param(n, True, id=f"{n}-causal", marks=device_marks(n)) for n in CAUSAL
 ]
+CPU_NAMES = [pytest.param(n, id=n, marks=device_marks(n)) for n in NAMES]
 # memory_complexity is the variant's own claim; `sdpa`'s depends on the kernel (tested apart)
 QUADRATIC = {n for n in NAMES if "N²" in REGISTRY[n].memory_complexity} - {"sdpa"}
 SUBQUADRATIC = [n for n in NAMES if n not in QUADRATIC and n != "sdpa"]
@@ -109,7 +122,7 @@ def test_padding_does_not_change_real_tokens(name, causal, n_real, n_pad):
     torch.testing.assert_close(padded[:, :n_real], ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("name", [p for p in CPU_NAMES if p.values[0] in CAUSAL])
 def test_causal_no_future_leak(name):
     m = make(name, causal=True)
     n = 150  # crosses block / chunk boundaries of the default sizes used here
@@ -168,8 +181,9 @@ def test_sdpa_fused_cpu_kernel_keeps_no_quadratic_tensor():
 
 @pytest.mark.parametrize(
     "name,causal",
-    [pytest.param(n, False, id=n) for n in SUBQUADRATIC]
-    + [pytest.param(n, True, id=f"{n}-causal") for n in SUBQUADRATIC if n in CAUSAL],
+    [pytest.param(n, False, id=n, marks=device_marks(n)) for n in SUBQUADRATIC]
+    + [pytest.param(n, True, id=f"{n}-causal", marks=device_marks(n))
+       for n in SUBQUADRATIC if n in CAUSAL],
 )
 def test_subquadratic_memory(name, causal):
     ratio = memory_ratio(name, causal)

@@ -32,6 +32,8 @@ from lsbench.report.tables import (  # noqa: E402
 )
 
 _TAB10 = plt.get_cmap("tab10").colors
+_TAB20 = plt.get_cmap("tab20").colors
+_TAB20B = plt.get_cmap("tab20b").colors
 FIXED_STYLES: dict[str, tuple[str, str]] = {
     # variants (Fastformer Fig. 2 set)
     "transformer": (matplotlib.colors.to_hex(_TAB10[0]), "o"),
@@ -42,6 +44,14 @@ FIXED_STYLES: dict[str, tuple[str, str]] = {
     "linear": (matplotlib.colors.to_hex(_TAB10[5]), "P"),
     "poolingformer": (matplotlib.colors.to_hex(_TAB10[6]), "h"),
     "fastformer": (matplotlib.colors.to_hex(_TAB10[3]), "*"),
+    # modern mixers (issue 10): colours no Fig. 2 variant or position method uses (tab10's
+    # cyan, tab20b's dark shades); the two sliding windows share a light orange
+    "performer": (matplotlib.colors.to_hex(_TAB10[9]), "d"),
+    "nystromformer": (matplotlib.colors.to_hex(_TAB20B[0]), "p"),
+    "mamba2": (matplotlib.colors.to_hex(_TAB20B[8]), "H"),
+    "local": (matplotlib.colors.to_hex(_TAB20[3]), "<"),
+    "flex_window": (matplotlib.colors.to_hex(_TAB20[3]), ">"),
+    "flex_causal": (matplotlib.colors.to_hex(_TAB20B[12]), "8"),
     # position methods (ALiBi Fig. 1 set)
     "sinusoidal": (matplotlib.colors.to_hex(_TAB10[0]), "o"),
     "rotary": (matplotlib.colors.to_hex(_TAB10[1]), "s"),

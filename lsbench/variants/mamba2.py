@@ -1,0 +1,193 @@
+"""Mamba-2: a selective state-space mixer computed by the chunked SSD algorithm, pure PyTorch.
+
+Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through
+Structured State Space Duality", https://arxiv.org/abs/2405.21060 (official code:
+state-spaces/mamba, `Mamba2Simple` for the layer, `ssd_minimal.py` / `ssd_combined.py`'s
+reference functions for the algorithm).
+
+Layer (as `Mamba2Simple`, ngroups = 1): in_proj(x) -> z, xBC, dt; xBC <- silu(causal depthwise
+conv(xBC), kernel `d_conv`); x, B, C = split(xBC); dt <- softplus(dt + dt_bias); per head h
+(P = expand·D / H channels) the scalar-decay SSM
+
+    h_t = exp(dt_t·A) h_{t-1} + dt_t · B_t x_tᵀ,   y_t = C_tᵀ h_t + D·x_t   (h_t: d_state × P),
+
+then y <- RMSNorm(y · silu(z)) (norm after the gate), out_proj(y). A = -exp(A_log) and dt, D
+are initialised as the official code (A ~ U[1, 16], dt log-uniform in [1e-3, 0.1]).
+
+SSD, chunked (paper §6, `ssd_minimal_discrete`): the sequence is cut into chunks of `chunk`
+tokens; inside a chunk the SSM is a masked quadratic form (C Bᵀ ∘ decay) X; each chunk's final
+state is a sum over its tokens; states pass between chunks through an (M, M) decay matrix built
+by the stable segment sum (as `state_passing_ref`: no loop over chunks, O(M²) small products);
+the outputs add C·(state entering the chunk). Decays are exponentials of differences of
+cumulative sums of dt·A <= 0, so they never overflow. The SSD runs in float32.
+
+- Causal by construction: a recurrence only looks back. `causal=False` builds the same causal
+  mixer (bidirectional variants such as Hydra are other methods).
+- n_heads is the number of SSD heads; the official layer fixes headdim = 64 instead.
+- Padding: a masked token is removed from the recurrence (dt = 0: no decay, no input) and is a
+  zero in the convolution window, so right padding never changes real tokens.
+- Simplified: no initial states, no dt clamping range, ngroups = 1, no fused kernels.
+
+Shape legend: B batch, N length, D d_model, E = expand·D inner width, H heads, P = E / H head
+channels, S d_state, C chunk, M = ceil(N / C) chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsbench.measure.flops import linear_flops
+from lsbench.variants.base import Variant
+
+
+def segsum(x: torch.Tensor) -> torch.Tensor:
+    """Stable segment sums: (..., T) -> (..., T, T), [i, j] = x[j+1] + … + x[i], -inf for j > i.
+
+    As `ssd_minimal.segsum`: masked cumulative sums rather than differences of one cumulative
+    sum, which lose precision once that sum is large.
+    """
+    T = x.shape[-1]
+    rep = x[..., :, None].expand(*x.shape, T)  # (..., T, T): [i, j] = x[i]
+    below = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
+    sums = rep.masked_fill(~below, 0.0).cumsum(-2)  # [i, j] = Σ_{j < k <= i} x[k]
+    keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    return sums.masked_fill(~keep, float("-inf"))
+
+
+def ssd_chunked(X: torch.Tensor, dA: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+    """y_t = C_tᵀ h_t, h_t = exp(dA_t) h_{t-1} + B_t X_tᵀ, computed by chunks.
+
+    X: (B, N, H, P) (already × dt); dA: (B, N, H) log decays (dt·A <= 0); Bm, Cm: (B, N, S)
+    shared by the heads. Returns (B, N, H, P).
+    """
+    Bsz, N, H, P = X.shape
+    S = Bm.shape[-1]
+    C = min(chunk, N)
+    M = -(-N // C)
+    pad = M * C - N
+    if pad:  # zero inputs and zero log-decay: the padded tail changes nothing before it
+        X, dA, Bm, Cm = (F.pad(t, (0,) * (2 * (t.dim() - 2)) + (0, pad)) for t in (X, dA, Bm, Cm))
+    Xc = X.view(Bsz, M, C, H, P).permute(0, 3, 1, 2, 4)  # (B, H, M, C, P)
+    A = dA.view(Bsz, M, C, H).permute(0, 3, 1, 2)  # (B, H, M, C)
+    Bc, Cc = Bm.view(Bsz, 1, M, C, S), Cm.view(Bsz, 1, M, C, S)  # (B, 1, M, C, S)
+    A_cs = A.cumsum(-1)  # (B, H, M, C): log decay from the chunk start to each token
+    # 1. inside each chunk: (C Bᵀ ∘ L) X with L[i, j] = exp(A_cs[i] - A_cs[j]) for j <= i
+    tril = torch.ones(C, C, dtype=torch.bool, device=X.device).tril()
+    L = torch.exp((A_cs[..., :, None] - A_cs[..., None, :]).masked_fill(~tril, float("-inf")))
+    y = ((Cc @ Bc.transpose(-2, -1)) * L) @ Xc  # (B, H, M, C, P)
+    # 2. each chunk's final state: Σ_j exp(A_cs[-1] - A_cs[j]) B_j X_jᵀ
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (B, H, M, C)
+    states = Bc.transpose(-2, -1) @ (Xc * decay_to_end[..., None])  # (B, H, M, S, P)
+    # 3. pass states between chunks: end-of-chunk states, then shift by one chunk
+    E = torch.exp(segsum(A_cs[..., -1]))  # (B, H, M, M)
+    ends = (E @ states.reshape(Bsz, H, M, S * P)).view(Bsz, H, M, S, P)
+    entering = F.pad(ends, (0, 0, 0, 0, 1, 0))[:, :, :M]  # (B, H, M, S, P): state before chunk
+    # 4. outputs from the entering state, decayed to each token
+    y = y + (Cc @ entering) * torch.exp(A_cs)[..., None]  # (B, H, M, C, P)
+    return y.permute(0, 2, 3, 1, 4).reshape(Bsz, M * C, H, P)[:, :N]  # (B, N, H, P)
+
+
+def ssd_recurrent(X: torch.Tensor, dA: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor
+                  ) -> torch.Tensor:
+    """The naive recurrence, one token at a time (for tests). Same shapes as `ssd_chunked`."""
+    Bsz, N, H, P = X.shape
+    h = X.new_zeros(Bsz, H, Bm.shape[-1], P)  # (B, H, S, P)
+    ys = []
+    for t in range(N):
+        h = torch.exp(dA[:, t])[..., None, None] * h + Bm[:, t, None, :, None] * X[:, t, :, None]
+        ys.append((Cm[:, t, None, :, None] * h).sum(-2))  # (B, H, P)
+    return torch.stack(ys, dim=1)
+
+
+class Mamba2(Variant):
+    name = "mamba2"
+    method = "Mamba-2 selective SSM (scalar decay per head), chunked SSD; causal by construction"
+    paper = "Dao & Gu 2024, Mamba-2 / SSD, https://arxiv.org/abs/2405.21060"
+    time_complexity = "O(N·E·(S + chunk))"
+    memory_complexity = "O(N·H·chunk + N·E·S/chunk)"
+    supports_causal = True
+    # d_state S, expand, d_conv and chunk as Mamba2Simple's defaults
+    defaults = {"d_state": 128, "expand": 2, "d_conv": 4, "chunk": 256}
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
+        super().__init__(d_model, n_heads, causal, **params)
+        S, E = self.params["d_state"], self.params["expand"] * d_model
+        self.d_inner, self.d_state = E, S
+        conv_dim = E + 2 * S
+        self.in_proj = nn.Linear(d_model, 2 * E + 2 * S + n_heads, bias=False)
+        k = self.params["d_conv"]
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, k, groups=conv_dim, padding=k - 1)
+        # dt log-uniform in [1e-3, 1e-1], floor 1e-4; dt_bias = softplus⁻¹(dt) (official init)
+        dt = torch.exp(torch.rand(n_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp_min(1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(n_heads))
+        self.norm_weight = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+
+    @classmethod
+    def check_params(cls, d_model, n_heads, params):
+        super().check_params(d_model, n_heads, params)
+        cls.require_positive(params, "d_state", "expand", "d_conv", "chunk")
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        E, S, C = params["expand"] * d_model, params["d_state"], params["chunk"]
+        rows = batch_size * seq_len
+        # projections and conv activations, chunk score matrices (L and C·Bᵀ∘L), chunk states
+        return (6.0 * rows * (E + S) + 3.0 * rows * n_heads * min(C, seq_len)
+                + 2.0 * rows * E * S / min(C, seq_len))
+
+    @classmethod
+    def _layer(cls, rows, d_model, n_heads, params):
+        E, S, k = params["expand"] * d_model, params["d_state"], params["d_conv"]
+        return (linear_flops(rows, d_model, 2 * E + 2 * S + n_heads)  # in_proj
+                + 2.0 * rows * (E + 2 * S) * k  # depthwise conv
+                + linear_flops(rows, E, d_model))  # out_proj
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        # The SSM's own work, as the recurrence does it: per token and head the state update
+        # B xᵀ and the read-out Cᵀh, S·P multiply-adds each.
+        rows = batch_size * seq_len
+        E, S = params["expand"] * d_model, params["d_state"]
+        return cls._layer(rows, d_model, n_heads, params) + 4.0 * rows * E * S
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        rows = batch_size * seq_len
+        E, S = params["expand"] * d_model, params["d_state"]
+        C = min(params["chunk"], seq_len)
+        M = -(-seq_len // C)
+        padded = batch_size * M * C
+        return (cls._layer(rows, d_model, n_heads, params)
+                + 2.0 * padded * C * S  # C·Bᵀ per chunk (shared by heads)
+                + 2.0 * padded * C * E  # (C·Bᵀ ∘ L) · X, upper triangle included
+                + 2.0 * 2 * padded * S * E  # chunk states and the read-out of entering states
+                + 2.0 * batch_size * M * M * S * E)  # (M, M) state passing
+
+    def forward(self, x, mask=None):
+        Bsz, N, _ = x.shape
+        H, E, S = self.n_heads, self.d_inner, self.d_state
+        z, xBC, dt = self.in_proj(x).split([E, E + 2 * S, H], dim=-1)
+        if mask is not None:
+            xBC = xBC * mask[..., None].to(xBC.dtype)  # a zero in every conv window
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :N].transpose(1, 2))  # (B, N, E+2S)
+        xs, Bm, Cm = xBC.split([E, S, S], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, N, H)
+        if mask is not None:
+            dt = dt * mask[..., None].to(dt.dtype)  # no decay, no input at masked tokens
+        A = -torch.exp(self.A_log.float())  # (H,)
+        X = xs.float().view(Bsz, N, H, E // H)  # (B, N, H, P)
+        y = ssd_chunked(X * dt[..., None], dt * A, Bm.float(), Cm.float(), self.params["chunk"])
+        y = y + self.D.float()[:, None] * X  # (B, N, H, P)
+        y = y.reshape(Bsz, N, E) * F.silu(z.float())  # gate, then RMSNorm (norm_before_gate=False)
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.float()
+        return self.out_proj(y.to(x.dtype))  # (B, N, D)

@@ -1,0 +1,223 @@
+"""Performer: softmax attention approximated with positive orthogonal random features (FAVOR+).
+
+Choromanski et al. 2021, "Rethinking Attention with Performers", https://arxiv.org/abs/2009.14794
+(official code: google-research/google-research `performer/fast_attention`; PyTorch port:
+lucidrains/performer-pytorch `FastAttention`, which tests/test_modern_variants.py matches on a
+copied projection matrix).
+
+exp(qᵀk/√Dh) ≈ φ(q)ᵀφ(k) with φ(x) = exp(Wx' − |x'|²/2) / √m, x' = x / Dh^¼, where the m rows of
+W (m = `nb_features`) are blocks of orthogonal vectors with χ-distributed norms (§3, "ORFs").
+Then y_i = φ(q_i)ᵀ Σ_j φ(k_j) v_jᵀ / φ(q_i)ᵀ Σ_j φ(k_j): O(N·m·Dh) time, O(N·m) memory.
+
+Numerics exactly as the official code / performer-pytorch (`softmax_kernel`, eps = 1e-4 as in
+performer-pytorch; the JAX code uses 1e-6): each query's exponent is shifted by its own max over
+features, every key's by the max over all (real) keys and features, and eps is added to every
+feature. Shifts that are the same for all keys (or all features of one query) cancel in the
+ratio; the 1/√m factors cancel too and are left out.
+
+- Causal: a query i must not see the key shift of later keys (through the eps term it would
+  leak the future, as performer-pytorch's causal mode does). Causal output i is defined as the
+  non-causal output over keys 0..i, whose key shift is the running max M_i; multiplying through
+  by exp(M_i − G) for one global constant G (which then cancels exactly) turns it into prefix
+  sums plus an eps term eps·exp(M_i − G)·Σφ(q_i)·(Σ_{j≤i} v_j, i + 1). The prefix sums are
+  computed in chunks of `chunk` positions like `linear.py`: quadratic form inside a chunk,
+  exclusive cumulative sum of chunk states across chunks (no loop over positions).
+- Redraw: while training, W is redrawn every `redraw_interval` forward calls (performer-pytorch's
+  `feature_redraw_interval`, default 1000; 0 never redraws). Evaluation never redraws.
+- Padding: masked keys are excluded from every sum and from the key max.
+- Features and sums run in float32 (exp and the sums overflow in half precision).
+
+Shape legend: B batch, N length, D d_model, H heads, Dh head dim, R random features (m),
+C chunk, M = ceil(N / C) chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lsbench.measure.flops import linear_flops
+from lsbench.variants.transformer import QKVAttention, merge_heads
+
+EPS = 1e-4  # performer-pytorch `softmax_kernel` default
+
+
+def orthogonal_features(n_features: int, dim: int, device: torch.device | None = None
+                        ) -> torch.Tensor:
+    """(n_features, dim) Gaussian orthogonal random matrix with χ(dim) row norms (scaling=0).
+
+    Blocks of `dim` orthonormal rows (QR of a Gaussian matrix), the last block truncated, each
+    row rescaled to the norm of an independent Gaussian vector, as the paper's ORF construction
+    and performer-pytorch's `gaussian_orthogonal_random_matrix`.
+    """
+    n_blocks = -(-n_features // dim)
+    gauss = torch.randn(n_blocks, dim, dim, device=device)
+    q, _ = torch.linalg.qr(gauss)  # (n_blocks, dim, dim), orthonormal columns
+    rows = q.transpose(-2, -1).reshape(n_blocks * dim, dim)[:n_features]  # (R, Dh)
+    norms = torch.randn(n_features, dim, device=device).norm(dim=1)  # (R,)
+    return norms[:, None] * rows
+
+
+def query_features(q: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """φ(q) up to a per-query factor: (B, H, N, Dh) -> (B, H, N, R)."""
+    x = q * q.shape[-1] ** -0.25
+    dash = x @ proj.t()  # (B, H, N, R)
+    diag = 0.5 * (x * x).sum(-1, keepdim=True)  # (B, H, N, 1)
+    return torch.exp(dash - diag - dash.amax(-1, keepdim=True).detach()) + EPS
+
+
+def key_exponents(k: torch.Tensor, proj: torch.Tensor, keep: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(exponent W k' − |k'|²/2 (B, H, N, R), per-key max of W k' (B, H, N), global shift G).
+
+    G is the max of W k' over real keys and features per (batch, head), as the official code
+    shifts keys; masked keys are -inf in the per-key max.
+    """
+    x = k * k.shape[-1] ** -0.25
+    dash = x @ proj.t()  # (B, H, N, R)
+    expo = dash - 0.5 * (x * x).sum(-1, keepdim=True)
+    key_max = dash.amax(-1).detach()  # (B, H, N)
+    if keep is not None:
+        key_max = key_max.masked_fill(~keep, float("-inf"))
+    shift = key_max.amax(-1, keepdim=True)  # (B, H, 1)
+    shift = torch.where(torch.isfinite(shift), shift, 0.0)  # a sequence with no real token
+    return expo, key_max, shift
+
+
+def favor_attention(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Non-causal: φ(q) (B, H, N, R), φ(k) (B, H, N, R), v (B, H, N, Dh) -> (B, H, N, Dh)."""
+    kv = kf.transpose(-2, -1) @ v  # (B, H, R, Dh)
+    z = kf.sum(-2).unsqueeze(-1)  # (B, H, R, 1)
+    return (qf @ kv) / (qf @ z)
+
+
+def causal_favor_attention(qf: torch.Tensor, kt: torch.Tensor, v: torch.Tensor,
+                           tail: torch.Tensor, count: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Causal prefix sums in chunks.
+
+    qf: φ(q) (B, H, N, R); kt: exp(exponent − G) of keys, zero for masked ones (B, H, N, R);
+    v: (B, H, N, Dh), zero for masked keys; tail: eps·exp(M_i − G)·Σ_r φ(q_i) (B, H, N, 1), the
+    weight every earlier real key gets through eps; count: real keys <= i (B, 1, N, 1).
+    """
+    B, H, N, R = qf.shape
+    Dh = v.shape[-1]
+    num = tail * v.cumsum(2)  # (B, H, N, Dh): eps term, Σ_{j<=i} v_j
+    den = tail * count  # (B, H, N, 1)
+    C = min(chunk, N)
+    M = -(-N // C)
+    pad = M * C - N
+    if pad:  # zero features at the tail add nothing; the tail rows are cropped
+        qf, kt, v = (F.pad(t, (0, 0, 0, pad)) for t in (qf, kt, v))
+    qc, kc = qf.view(B, H, M, C, R), kt.view(B, H, M, C, R)  # (B, H, M, C, R)
+    vc = v.view(B, H, M, C, Dh)  # (B, H, M, C, Dh)
+    # earlier chunks: exclusive cumulative sums of chunk states
+    kv = kc.transpose(-2, -1) @ vc  # (B, H, M, R, Dh)
+    kv = kv.cumsum(2) - kv
+    z = kc.sum(-2, keepdim=True)  # (B, H, M, 1, R)
+    z = z.cumsum(2) - z
+    # inside the chunk: the masked quadratic form
+    tril = torch.ones(C, C, dtype=torch.bool, device=qf.device).tril()
+    a = (qc @ kc.transpose(-2, -1)).masked_fill(~tril, 0.0)  # (B, H, M, C, C)
+    num_c = a @ vc + qc @ kv  # (B, H, M, C, Dh)
+    den_c = a.sum(-1, keepdim=True) + (qc * z).sum(-1, keepdim=True)  # (B, H, M, C, 1)
+    num = num + num_c.view(B, H, M * C, Dh)[:, :, :N]
+    den = den + den_c.view(B, H, M * C, 1)[:, :, :N]
+    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+
+
+class Performer(QKVAttention):
+    name = "performer"
+    method = "FAVOR+: softmax kernel by positive orthogonal random features; causal by prefix sums"
+    paper = "Choromanski et al. 2021, Performers, https://arxiv.org/abs/2009.14794"
+    time_complexity = "O(N·m·D)"
+    memory_complexity = "O(H·N·m) (causal: + H·N·(chunk + m·Dh/chunk))"
+    supports_causal = True
+    # nb_features: m, the official code's default 256; redraw_interval: training calls between
+    # redraws (performer-pytorch's default); chunk: causal prefix-sum chunk (not in the paper)
+    defaults = {"nb_features": 256, "redraw_interval": 1000, "chunk": 64}
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
+        super().__init__(d_model, n_heads, causal, **params)
+        proj = orthogonal_features(self.params["nb_features"], self.head_dim)
+        self.register_buffer("projection", proj)  # (R, Dh), shared by heads as in the paper
+        self.calls_since_redraw = 0
+
+    @classmethod
+    def check_params(cls, d_model, n_heads, params):
+        super().check_params(d_model, n_heads, params)
+        cls.require_positive(params, "nb_features", "chunk")
+
+    @classmethod
+    def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        R, head_dim = params["nb_features"], d_model // n_heads
+        elems = 8.0 * batch_size * seq_len * d_model + 3.0 * batch_size * n_heads * seq_len * R
+        if causal:  # chunk scores (B, H, M, C, C) and chunk states (B, H, M, R, Dh), twice
+            C = params["chunk"]
+            elems += batch_size * n_heads * seq_len * (C + 2.0 * R * head_dim / C)
+        return elems
+
+    @classmethod
+    def flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        # The paper's algorithm, causal or not: per token the features (2 × Dh·R), the state
+        # update φ(k)vᵀ (R·Dh), the read-out φ(q)ᵀS (R·Dh) and φ(q)ᵀz (R) multiply-adds per head.
+        rows = batch_size * seq_len
+        R = params["nb_features"]
+        return (linear_flops(rows, d_model, 4 * d_model)
+                + 8.0 * rows * d_model * R + 2.0 * rows * n_heads * R)
+
+    @classmethod
+    def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
+        if not causal:
+            return cls.flops(batch_size, seq_len, d_model, n_heads, params)
+        rows, R = batch_size * seq_len, params["nb_features"]
+        C = min(params["chunk"], seq_len)
+        padded = batch_size * -(-seq_len // C) * C  # rows after padding to whole chunks
+        return (linear_flops(rows, d_model, 4 * d_model) + 4.0 * rows * d_model * R
+                + 2.0 * padded * C * (n_heads * R + d_model)  # φ(q)φ(k)ᵀ and A·V in chunks
+                + 4.0 * padded * d_model * R  # chunk states and their read-out
+                + 2.0 * padded * n_heads * R)  # read-out of the key sums
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        """Draw a new projection matrix (on the module's device)."""
+        self.projection.copy_(orthogonal_features(*self.projection.shape,
+                                                  device=self.projection.device))
+
+    def forward(self, x, mask=None):
+        interval = self.params["redraw_interval"]
+        if self.training and interval:  # performer-pytorch's ProjectionUpdater schedule
+            if self.calls_since_redraw >= interval:
+                self.redraw()
+                self.calls_since_redraw = 0
+            else:
+                self.calls_since_redraw += 1
+        q, k, v = (t.float() for t in self.project(x))  # 3 × (B, H, N, Dh)
+        proj = self.projection.float()
+        keep = None if mask is None else mask[:, None, :].to(torch.bool)  # (B, 1, N)
+        qf = query_features(q, proj)  # (B, H, N, R)
+        expo, key_max, shift = key_exponents(k, proj, keep)
+        if keep is not None:
+            v = v * keep[..., None]
+        if not self.causal:
+            kf = torch.exp(expo - shift[..., None]) + EPS  # (B, H, N, R)
+            if keep is not None:
+                kf = kf * keep[..., None]
+            y = favor_attention(qf, kf, v)
+        else:
+            kt = torch.exp(expo - shift[..., None])  # (B, H, N, R), eps handled by `tail`
+            if keep is not None:
+                kt = kt * keep[..., None]
+            running = key_max.cummax(-1).values  # (B, H, N): the key shift of keys 0..i
+            tail = EPS * torch.exp(running - shift) * qf.sum(-1)  # (B, H, N)
+            if keep is None:
+                count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=qf.dtype)
+                count = count.view(1, 1, -1, 1)  # (1, 1, N, 1)
+            else:
+                count = keep.to(qf.dtype).cumsum(-1)[..., None]  # (B, 1, N, 1)
+            y = causal_favor_attention(qf, kt, v, tail[..., None], count, self.params["chunk"])
+        return self.out(merge_heads(y.to(x.dtype)))  # (B, N, D)
+
+
+__all__ = ["Performer", "orthogonal_features"]

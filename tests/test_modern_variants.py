@@ -1,0 +1,359 @@
+"""performer, nystromformer, local, flex_window/flex_causal, mamba2: parity with the reference
+packages, the chunked forms against their plain definitions, FLOPs against hand counts.
+
+The registry-wide contract (shapes, padding, causal leaks, op counts) is in
+test_variants_contract.py / test_launch_contract.py. Parity with performer-pytorch and
+nystrom-attention needs those packages (the `dev` extra); without them the tests FAIL saying so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from lsbench.errors import LsbenchError
+from lsbench.measure.flops import attention_flops, linear_flops
+from lsbench.variants import _flex, build
+from lsbench.variants.flex_causal import FlexCausal
+from lsbench.variants.flex_window import FlexWindow
+from lsbench.variants.local import Local
+from lsbench.variants.mamba2 import Mamba2, ssd_chunked, ssd_recurrent
+from lsbench.variants.nystromformer import Nystromformer
+from lsbench.variants.performer import Performer, orthogonal_features
+from lsbench.variants.transformer import merge_heads
+from tests.test_launch_contract import OpCounter
+
+
+def reference(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"parity test needs {module!r} ({e}); install the dev extra: "
+                    f"pip install -e '.[dev]'")
+
+
+def randn(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def make(name: str, causal: bool = False, d: int = 64, h: int = 4, **params):
+    torch.manual_seed(0)
+    return build(name, d_model=d, n_heads=h, causal=causal, **params).eval()
+
+
+# --- performer ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 200])
+def test_performer_matches_performer_pytorch(n):
+    fast_attention = reference("performer_pytorch").FastAttention
+    m = make("performer", nb_features=48)
+    ref = fast_attention(dim_heads=16, nb_features=48)
+    ref.projection_matrix.copy_(m.projection)
+    x = randn(2, n, 64)
+    with torch.no_grad():
+        q, k, v = m.project(x)
+        expected = m.out(merge_heads(ref(q, k, v)))
+        torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_performer_causal_is_noncausal_over_each_prefix():
+    causal, full = make("performer", causal=True, chunk=16), make("performer")
+    full.load_state_dict(causal.state_dict())
+    x = randn(2, 70, 64)
+    with torch.no_grad():
+        y = causal(x)
+        for i in (0, 1, 15, 16, 40, 69):
+            torch.testing.assert_close(y[:, i], full(x[:, : i + 1])[:, i], atol=2e-5, rtol=1e-4)
+
+
+def test_performer_chunk_size_does_not_change_the_result():
+    a, b = make("performer", causal=True, chunk=7), make("performer", causal=True, chunk=64)
+    b.load_state_dict(a.state_dict())
+    x = randn(1, 100, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-4)
+
+
+def test_performer_features_are_orthogonal_blocks_with_chi_norms():
+    torch.manual_seed(0)
+    w = orthogonal_features(40, 16)  # blocks of 16 rows: 16 + 16 + 8
+    assert w.shape == (40, 16)
+    for lo, hi in ((0, 16), (16, 32), (32, 40)):
+        rows = w[lo:hi] / w[lo:hi].norm(dim=1, keepdim=True)
+        torch.testing.assert_close(rows @ rows.t(), torch.eye(hi - lo), atol=1e-5, rtol=0)
+    assert 2.0 < w.norm(dim=1).mean() < 6.0  # χ(16) norms, mean about 3.9
+
+
+def test_performer_redraws_only_in_training_at_the_interval():
+    m = make("performer", redraw_interval=2)
+    x = randn(1, 8, 64)
+    first = m.projection.clone()
+    with torch.no_grad():
+        m(x), m(x), m(x)  # eval: never
+        assert torch.equal(m.projection, first)
+        m.train()
+        m(x), m(x)  # calls 1 and 2 count up
+        assert torch.equal(m.projection, first)
+        m(x)  # the third call redraws (performer-pytorch's ProjectionUpdater schedule)
+        assert not torch.equal(m.projection, first)
+    never = make("performer", redraw_interval=0).train()
+    before = never.projection.clone()
+    for _ in range(3):
+        never(x)
+    assert torch.equal(never.projection, before)
+
+
+def test_performer_flops_hand_count():
+    p = dict(Performer.defaults, nb_features=10, chunk=4)
+    B, N, D, H, R = 2, 6, 8, 2, 10
+    proj = 2 * B * N * D * 4 * D
+    feats = 2 * (2 * B * H * N * (D // H) * R)  # φ(q), φ(k)
+    state = 2 * B * H * N * R * (D // H)  # Σ φ(k) vᵀ
+    read = 2 * B * H * N * R * (D // H) + 2 * B * H * N * R  # φ(q)ᵀS, φ(q)ᵀz
+    assert Performer.flops(B, N, D, H, p) == proj + feats + state + read
+    assert Performer.flops(B, N, D, H, p, causal=True) == proj + feats + state + read
+    # causal chunks: N = 6 padded to 8 rows of 2 chunks of 4
+    padded = B * 8
+    chunked = (2 * padded * 4 * H * R + 2 * padded * 4 * D  # φ(q)φ(k)ᵀ, A·V per chunk
+               + 2 * 2 * padded * R * D + 2 * padded * H * R)  # states, read-outs
+    assert Performer.computed_flops(B, N, D, H, p, causal=True) == proj + feats + chunked
+    assert Performer.computed_flops(B, N, D, H, p) == Performer.flops(B, N, D, H, p)
+
+
+# --- nystromformer --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,m", [(256, 64), (200, 16), (199, 16)])
+def test_nystromformer_matches_nystrom_attention(n, m):
+    """Copied weights; the package's qkv has no bias. Cases where no segment is empty."""
+    nystrom = reference("nystrom_attention").NystromAttention
+    ours = make("nystromformer", landmarks=m)
+    torch.manual_seed(1)
+    ref = nystrom(dim=64, dim_head=16, heads=4, num_landmarks=m).eval()
+    with torch.no_grad():
+        ours.qkv.weight.copy_(ref.to_qkv.weight)
+        ours.qkv.bias.zero_()
+        ours.out.load_state_dict(ref.to_out[0].state_dict())
+        ours.conv.weight.copy_(ref.res_conv.weight)
+        x = randn(1, n, 64)
+        # an all-True mask makes the package mask its own front padding (n % m != 0)
+        expected = ref(x, mask=torch.ones(1, n, dtype=torch.bool))
+        torch.testing.assert_close(ours(x), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n", [5, 64, 200, 333])
+def test_nystromformer_mask_path_equals_static_segments(n):
+    m = make("nystromformer", d=32, landmarks=16)
+    x = randn(2, n, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, mask=torch.ones(2, n, dtype=torch.bool)), m(x),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_nystromformer_is_exact_when_every_token_is_a_landmark():
+    """m = N with l = 1: Q̃ = Q, K̃ = K, so the approximation is softmax attention itself
+    (the pseudo-inverse iterations converge on a well-conditioned kernel)."""
+    n = 8
+    m = make("nystromformer", d=16, h=2, landmarks=n, pinv_iterations=30)
+    x = randn(1, n, 16) * 0.1
+    with torch.no_grad():
+        q, k, v = m.project(x)
+        exact = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v + m.conv(v)
+        torch.testing.assert_close(m(x), m.out(merge_heads(exact)), atol=1e-4, rtol=1e-3)
+
+
+def test_nystromformer_flops_hand_count():
+    p = dict(Nystromformer.defaults)  # m = 64, 6 iterations, kernel 33
+    B, N, D, H, m = 1, 128, 32, 4, 64
+    count = (2 * B * N * D * 4 * D + 2 * 2 * B * N * D  # projections, landmark sums
+             + 4 * 2 * B * N * m * D  # QK̃ᵀ, Q̃Kᵀ, softmax(Q̃Kᵀ)V, softmax(QK̃ᵀ)·context
+             + 2 * 2 * B * m * m * D + 6 * 4 * 2 * B * H * m**3  # Q̃K̃ᵀ, pinv·, pinv iterations
+             + 2 * B * N * D * 33)  # value conv
+    assert Nystromformer.flops(B, N, D, H, p) == count
+    assert Nystromformer.computed_flops(B, N, D, H, p) == count
+    # N < m: only N segments are real, the kernel still multiplies all m
+    assert Nystromformer.flops(B, 10, D, H, p) < Nystromformer.computed_flops(B, 10, D, H, p)
+
+
+# --- local, flex ----------------------------------------------------------------------------
+
+
+def banded_reference(m, x, window: int, causal: bool) -> torch.Tensor:
+    q, k, v = m.project(x)
+    n = x.shape[1]
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    allowed = ((i - j).abs() <= window) & ((j <= i) if causal else True)
+    s = (q @ k.transpose(-2, -1) / math.sqrt(m.head_dim)).masked_fill(~allowed, float("-inf"))
+    return m.out(merge_heads(torch.softmax(s, -1) @ v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,w", [(1, 4), (50, 4), (300, 40)])
+def test_local_equals_masked_full_attention(causal, n, w):
+    m = make("local", causal=causal, window=w)
+    x = randn(2, n, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), banded_reference(m, x, w, causal), atol=1e-5,
+                                   rtol=1e-5)
+
+
+def brute_pairs(n: int, left: int, right: int) -> int:
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return int(((j >= i - left) & (j <= i + right)).sum())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n", [1, 20, 300, 1000])
+def test_window_flops_count_allowed_pairs(causal, n):
+    p = {"window": 16}
+    B, D, H = 2, 32, 4
+    proj = linear_flops(B * n, D, 4 * D)
+    useful = proj + attention_flops(B * brute_pairs(n, 16, 0 if causal else 16), D)
+    for cls in (Local, FlexWindow):
+        assert cls.flops(B, n, D, H, p, causal=causal) == useful
+        assert cls.computed_flops(B, n, D, H, p, causal=causal) >= useful
+    # local's blocks: L = 16 (w/2 rounded up to >= 16), span L + 2w (L + w causal)
+    L = min(16, n)
+    span = L + (16 if causal else 32) if n > 16 else L + (min(16, n - 1) * (1 if causal else 2))
+    blocks = -(-n // L)
+    assert Local.computed_flops(B, n, D, H, p, causal=causal) == proj + attention_flops(
+        B * blocks * L * span, D)
+    full = proj + attention_flops(B * n * (n + 1) // 2, D)
+    assert FlexCausal.flops(B, n, D, H, {}) == full  # always causal
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 700])
+@pytest.mark.parametrize("left,right", [(0, 0), (3, 3), (130, 130), (300, 0), (10**6, 0)])
+def test_flex_block_lists_match_brute_force(n, left, right):
+    kv_num, kv_idx, full_num, full_idx = _flex.window_blocks(n, left, right,
+                                                             torch.device("cpu"), False)
+    nb = -(-n // _flex.BLOCK)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    allowed = (j >= i - left) & (j <= i + right)
+    for qb in range(nb):
+        rows = allowed[qb * 128:(qb + 1) * 128]
+        want_visit = {kb for kb in range(nb) if rows[:, kb * 128:(kb + 1) * 128].any()}
+        want_full = {kb for kb in range(nb) if rows[:, kb * 128:(kb + 1) * 128].all()}
+        got_partial = set(kv_idx[0, 0, qb, : kv_num[0, 0, qb]].tolist())
+        got_full = set(full_idx[0, 0, qb, : full_num[0, 0, qb]].tolist())
+        assert got_full == want_full and got_partial == want_visit - want_full
+    # flex_causal's computed pairs are whole visited 128×128 blocks
+    if (left, right) == (10**6, 0):
+        visited = int(kv_num.sum() + full_num.sum()) * 128 * 128
+        assert FlexCausal.computed_flops(1, n, 8, 1, {}) == linear_flops(n, 8, 32) + \
+            attention_flops(visited, 8)
+
+
+def test_flex_block_mask_builder_op_count_is_flat_in_n():
+    def ops(n):
+        with OpCounter() as c:
+            _flex.window_block_mask(n, 256, 256, torch.device("cpu"))
+        return c.total
+
+    assert ops(16384) <= ops(1024) + 4
+    assert ops(16384) < 200
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_block_mask_semantics_equal_local_on_cpu_eager(causal):
+    """flex_attention's unfused eager path on CPU (small N) with our block mask = `local`."""
+    loc = make("local", causal=causal, d=32, window=40)
+    flex = make("flex_window", causal=causal, d=32, window=40)
+    flex.load_state_dict(loc.state_dict())
+    x = randn(2, 300, 32)
+    mask = torch.ones(2, 300, dtype=torch.bool)
+    mask[1, 200:] = False
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
+        for mk in (None, mask):
+            q, k, v = flex.project(x)
+            bm = _flex.window_block_mask(300, *flex.reach(300), x.device, mk)
+            y = flex.out(merge_heads(_flex.flex(q, k, v, bm, compiled=False)))
+            ref = loc(x, mask=mk)
+            torch.testing.assert_close(y[0], ref[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(y[1, :200], ref[1, :200], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["flex_window", "flex_causal"])
+def test_flex_on_cpu_is_a_clear_error(name):
+    with pytest.raises(LsbenchError, match="cuda only.*'local'"):
+        make(name)(randn(1, 8, 64))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_on_cuda_equals_local_and_sdpa(causal):
+    loc = make("local", causal=causal, window=256).cuda()
+    flex = make("flex_window", causal=causal, window=256).cuda()
+    flex.load_state_dict(loc.state_dict())
+    x = randn(2, 1500, 64).cuda()
+    mask = torch.ones(2, 1500, dtype=torch.bool, device="cuda")
+    mask[1, 1000:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x), loc(x), atol=1e-4, rtol=1e-4)
+        y, ref = flex(x, mask=mask), loc(x, mask=mask)
+        torch.testing.assert_close(y[1, :1000], ref[1, :1000], atol=1e-4, rtol=1e-4)
+        sdpa, fc = make("sdpa", causal=True).cuda(), make("flex_causal").cuda()
+        fc.load_state_dict(sdpa.state_dict())
+        torch.testing.assert_close(fc(x), sdpa(x), atol=1e-4, rtol=1e-4)
+
+
+# --- mamba2 ---------------------------------------------------------------------------------
+
+
+def ssd_inputs(n: int, dtype=torch.float64):
+    B, H, P, S = 2, 3, 4, 5
+    return (randn(B, n, H, P, seed=1, dtype=dtype), -2 * torch.rand(
+        B, n, H, generator=torch.Generator().manual_seed(2), dtype=dtype),
+        randn(B, n, S, seed=3, dtype=dtype), randn(B, n, S, seed=4, dtype=dtype))
+
+
+@pytest.mark.parametrize("n", [1, 37, 128])
+@pytest.mark.parametrize("chunk", [1, 8, 32, 256])
+def test_ssd_chunked_equals_the_recurrence(n, chunk):
+    X, dA, Bm, Cm = ssd_inputs(n)
+    torch.testing.assert_close(ssd_chunked(X, dA, Bm, Cm, chunk), ssd_recurrent(X, dA, Bm, Cm),
+                               atol=1e-10, rtol=1e-9)
+
+
+def test_ssd_chunked_float32_stays_close():
+    X, dA, Bm, Cm = ssd_inputs(300, torch.float32)
+    ref = ssd_recurrent(*(t.double() for t in (X, dA, Bm, Cm))).float()
+    torch.testing.assert_close(ssd_chunked(X, dA, Bm, Cm, 64), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_mamba2_layer_uses_the_recurrence():
+    """The whole layer with the chunked SSD swapped for the recurrence gives the same output."""
+    import lsbench.variants.mamba2 as mod
+
+    m = make("mamba2", d=32, h=4, chunk=16)
+    x = randn(2, 50, 32)
+    with torch.no_grad():
+        y = m(x)
+        original = mod.ssd_chunked
+        mod.ssd_chunked = lambda X, dA, Bm, Cm, chunk: ssd_recurrent(X, dA, Bm, Cm)
+        try:
+            torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
+        finally:
+            mod.ssd_chunked = original
+
+
+def test_mamba2_flops_hand_count():
+    p = dict(Mamba2.defaults, d_state=4, chunk=8)
+    B, N, D, H = 1, 20, 8, 2
+    E, S = 16, 4
+    layer = 2 * B * N * D * (2 * E + 2 * S + H) + 2 * B * N * (E + 2 * S) * 4 + 2 * B * N * E * D
+    assert Mamba2.flops(B, N, D, H, p) == layer + 4 * B * N * E * S
+    M, padded = 3, 24  # 20 tokens in chunks of 8
+    chunked = (2 * padded * 8 * S + 2 * padded * 8 * E + 4 * padded * S * E
+               + 2 * B * M * M * S * E)
+    assert Mamba2.computed_flops(B, N, D, H, p) == layer + chunked
+    assert Mamba2.flops(B, N, D, H, p, causal=True) == Mamba2.flops(B, N, D, H, p)
