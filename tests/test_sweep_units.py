@@ -46,6 +46,19 @@ def test_quick_has_every_variant_and_lengths_128_to_8192():
     assert min(s.seq_lens) == 128 and max(s.seq_lens) == 8192
 
 
+def test_all_keeps_the_variants_that_run_on_the_device():
+    s = suite.load_suite("quick")
+    cuda_only = {n for n, cls in REGISTRY.items() if "cpu" not in getattr(cls, "devices", "cpu")}
+    assert cuda_only, "expected a CUDA-only variant (flex_*) in the registry"
+    on_cpu = {c["variant"] for c in grid.build_grid(s, "cpu")}
+    assert on_cpu == set(REGISTRY) - cuda_only
+    assert grid.device_variants(s, "cpu")[1] == sorted(cuda_only)
+    assert {c["variant"] for c in grid.build_grid(s, "cuda:0")} == set(REGISTRY)
+    # named explicitly, a CUDA-only variant is kept: its CPU row is an error saying why
+    named = suite.override(s, variants=sorted(cuda_only))
+    assert {c["variant"] for c in grid.build_grid(named, "cpu")} == cuda_only
+
+
 def test_fig2_is_the_papers_sweep():
     s = suite.load_suite("fastformer-fig2")
     assert set(s.variants) == {"transformer", "longformer", "bigbird", "linformer", "linear",

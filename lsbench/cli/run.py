@@ -135,7 +135,7 @@ def _run_sweep(plan):
         TimeRemainingColumn,
     )
 
-    from lsbench.sweep.grid import describe
+    from lsbench.sweep.grid import describe, device_variants
     from lsbench.sweep.runner import execute, summary_tables
 
     for w in plan.warnings:
@@ -158,6 +158,10 @@ def _run_sweep(plan):
                 f"({s.dtype}, {plan.threads} threads, d_model={s.d_model}, heads={s.n_heads}, "
                 f"layers={s.n_layers})" + (f", {done} already recorded" if done else ""),
                 highlight=False)
+            left = device_variants(s, plan.device)[1]
+            if left:
+                console.print(f"[dim]left out of \"all\" (cannot run on {plan.device}): "
+                              f"{', '.join(left)}[/]", highlight=False)
             console.print(f"writing {plan.run_dir}", highlight=False)
             progress.start()
             self.task = progress.add_task("starting", total=todo)

@@ -47,6 +47,20 @@ def variant_params(suite: Suite, name: str, seq_len: int) -> dict[str, Any]:
     return params
 
 
+def device_variants(suite: Suite, device: str) -> tuple[list[str], list[str]]:
+    """(variants to sweep, variants left out). A suite that says variants = "all" keeps only
+    those whose `devices` include the device's type (flex_* are CUDA only); a variant named
+    explicitly always runs, so a CPU run of flex_window is an `error` row that says why."""
+    if not suite.variants_all:
+        return list(suite.variants), []
+    kind = device.split(":")[0]
+    keep, left = [], []
+    for name in suite.variants:
+        devices = getattr(variants.REGISTRY.get(name), "devices", ("cpu", "cuda"))
+        (keep if kind in devices else left).append(name)
+    return keep, left
+
+
 def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
     """All configs, lengths ascending within each (mode, batch rule) so that an OOM at N can
     skip the larger N after it; variants innermost so a partial sweep covers all of them."""
@@ -64,7 +78,7 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
                 if suite.max_batch_tokens and batch * seq_len > suite.max_batch_tokens:
                     if batch > 1:  # B=1 always runs: the suite asked for this length
                         continue
-                for name in suite.variants:
+                for name in device_variants(suite, device)[0]:
                     cfg = {
                         "variant": name,
                         "params": variant_params(suite, name, seq_len),

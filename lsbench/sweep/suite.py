@@ -68,6 +68,7 @@ class Suite:
     causal: bool = False
     layer: str = "block"
     variants: list[str] = field(default_factory=list)
+    variants_all: bool = False  # "all": the grid keeps only those that run on the device
     seq_lens: list[int] = field(default_factory=list)
     batch_sizes: list[int] | None = None
     batch_tokens: int | None = None
@@ -152,6 +153,7 @@ def parse_suite(data: dict[str, Any], name: str, where: str) -> Suite:
     params = data.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise LsbenchError(f"{where}: parameters go in tables like [params.longformer].")
+    fields["variants_all"] = fields.get("variants") in (None, "all")
     fields["variants"] = expand_variants(fields.get("variants"), where)
     for key in ("seq_lens", "batch_sizes", "modes"):
         if key in fields and not isinstance(fields[key], list):
@@ -254,6 +256,8 @@ def override(suite: Suite, **changes: Any) -> Suite:
     if "batch_sizes" in changes:  # batch sizes asked for explicitly all run
         changes["batch_tokens"] = None
         changes["max_batch_tokens"] = None
+    if "variants" in changes:  # named on the command line: each runs, or says why not
+        changes["variants_all"] = False
     new = dataclasses.replace(suite, **changes)
     validate(new, "the command line" if changes else suite.source)
     return new
