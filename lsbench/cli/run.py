@@ -65,6 +65,12 @@ def run_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="torch threads, fixed for the run (default: torch's).",
         show_default=False)] = None,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local (one worker), gpus (one worker per visible GPU) or ray "
+        "(Ray actors; RAY_ADDRESS or a local instance; pip install 'lsbench[ray]').")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="With --executor ray: how many workers (default: one per GPU; 1 on "
+        "CPU, where workers on one machine would contend).", show_default=False)] = None,
     report_: Annotated[bool, typer.Option(
         "--report", help="Write the HTML report (RUN_DIR/report.html) when the run ends.")]
     = False,
@@ -89,7 +95,8 @@ def run_cmd(
         "suite": suite, "out": out, "variants": variants_, "seq_lens": seq_lens,
         "batch_sizes": batch_sizes, "mode": mode, "dtype": dtype, "device": device,
         "resume": str(resume_dir) if resume_dir else None, "force": force or None,
-        "mem_budget": mem_budget, "timeout": timeout, "threads": threads}.items()
+        "mem_budget": mem_budget, "timeout": timeout, "threads": threads,
+        "executor": executor if executor != "local" else None, "workers": workers}.items()
         if v is not None}
     command = "lsbench run" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in given.items())
@@ -100,7 +107,8 @@ def run_cmd(
         batch_sizes=S.parse_int_list("--batch-sizes", batch_sizes),
         modes=S.parse_list("--mode", mode), dtype=dtype, device=device,
         mem_budget_bytes=S.parse_size(mem_budget) if mem_budget is not None else None,
-        timeout_s=timeout, threads=threads, command=command, args=given)
+        timeout_s=timeout, threads=threads, executor=executor, workers=workers,
+        command=command, args=given)
     if open_ and not report_:
         raise LsbenchError("--open opens the report, so it needs --report too.")
     run_dir = _run_sweep(plan_run(req))

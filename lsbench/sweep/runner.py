@@ -21,10 +21,11 @@ from typing import Any, Protocol
 import lsbench
 from lsbench.errors import LsbenchError
 from lsbench.sweep import grid
+from lsbench.sweep.executors import Pool, check_executor, make_executor
 from lsbench.sweep.plugins import load_plugins
 from lsbench.sweep.store import RunStore, default_run_dir, make_row, now_iso, update_latest
 from lsbench.sweep.suite import Suite, load_suite, override
-from lsbench.sweep.worker import MIB, LocalExecutor, WorkerStartError
+from lsbench.sweep.worker import MIB, WorkerStartError
 
 CPU_BUDGET_FRACTION = 0.5  # of available RAM: the machine is shared, RSS has allocator slack
 CUDA_BUDGET_FRACTION = 0.85  # of free GPU memory
@@ -55,6 +56,8 @@ class RunRequest:
     mem_budget_bytes: int | None = None
     timeout_s: float | None = None
     threads: int | None = None
+    executor: str = "local"  # lsbench.sweep.executors: local, gpus, ray
+    workers: int | None = None  # --executor ray: actors (default: one per GPU, 1 on CPU)
     command: str = "lsbench run"
     args: dict[str, Any] = field(default_factory=dict)
     reports_root: Path = Path("reports")
@@ -129,6 +132,7 @@ def plan_run(req: RunRequest) -> Plan:
         raise LsbenchError(f"--timeout {req.timeout_s:g} must be a positive number of seconds.")
     if req.threads is not None and req.threads <= 0:
         raise LsbenchError(f"--threads {req.threads} must be >= 1.")
+    check_executor(req.executor, req.workers)
     if req.resume is not None:
         return _plan_resume(req)
     import torch
@@ -187,21 +191,31 @@ def env_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def execute(plan: Plan, events: Events, should_stop=lambda: False,
-            executor: LocalExecutor | None = None) -> Outcome:
-    """Run the plan's remaining configs; every finished config is on disk before the next."""
+            executor: Pool | None = None) -> Outcome:
+    """Run the plan's remaining configs; every config is on disk the moment its result is back.
+
+    With several executor slots, configs run concurrently, but never two of one OOM group (same
+    variant, mode, batch rule): a group's lengths run in ascending order, so an OOM at N still
+    skips the larger N. Ctrl-C (should_stop) dispatches nothing more and waits for the units in
+    flight."""
     from lsbench.measure.env import device_name
 
     store, suite = plan.store, plan.suite
     if plan.resume_info is not None and not plan.todo:
         return _finish_without_work(plan, events)
-    executor = executor or LocalExecutor(plan.threads)
     info: dict[str, Any] = {}
     written = complete = False
     new_rows = 0
     try:
-        events.status("starting the worker process (imports torch) ...")
+        if executor is None:
+            executor = make_executor(plan.request.executor, plan.threads, plan.device,
+                                     plan.request.workers)
+        events.status("starting the worker process (imports torch) ..." if executor.slots == 1
+                      else f"starting {executor.slots} workers ({executor.name}: "
+                           f"{', '.join(executor.labels)}) ...")
         probe = _probe(executor, plan)
         env = probe["env"]
+        executor_info = {"executor": executor.name, "workers": list(executor.labels)}
         if plan.resume_info is not None:
             info = plan.resume_info
             diffs = env_differences(info.get("env") or {}, env)
@@ -214,7 +228,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             store.repair_tail()
             info.setdefault("resumes", []).append(
                 {"at": now_iso(), "command": plan.request.command,
-                 "env_differences": diffs, "timeout_s": plan.timeout_s})
+                 "env_differences": diffs, "timeout_s": plan.timeout_s, **executor_info})
             info.update(finished_at=None, status="running")
             peak = info.get("machine_peak_gflops")
         else:
@@ -232,6 +246,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                 "dtype": suite.dtype,
                 "matmul_precision": suite.matmul_precision,  # float32 matmuls (TF32 = "high")
                 "threads": plan.threads,
+                **executor_info,
                 "machine_peak_gflops": peak,
                 "machine_peak": probe["machine_peak"],
                 "n_configs": len(plan.configs),
@@ -269,23 +284,10 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
         events.start(plan, len(todo))
         limits = _size_limits(store.rows)
         predictor = grid.MemoryPredictor(store.rows)
-        for i, cfg in enumerate(todo):
-            if should_stop():
-                break
-            try:
-                predicted, how = predictor.predict(cfg)
-            except Exception:  # noqa: BLE001 - a plugin's mem_elems: no prediction, no skip
-                predicted, how = None, ""
-            result = _skip_reason(cfg, predicted, how, budget, limits)
-            if result is None:
-                events.config(cfg, i, len(todo))
-                try:
-                    result = executor.run(_unit(plan, cfg), plan.timeout_s)
-                except WorkerStartError as e:  # not this config's fault: record nothing
-                    raise LsbenchError(
-                        f"cannot restart the measurement worker ({e}); the {new_rows} rows "
-                        f"measured so far are saved. Continue later with `lsbench run --resume "
-                        f"{plan.run_dir}`.") from None
+        queue, flying, stopped = list(todo), set(), False
+
+        def record(cfg: dict[str, Any], result: dict[str, Any], predicted: float | None):
+            nonlocal new_rows
             row = make_row(cfg, result, threads=plan.threads,
                            predicted_mem_mib=None if predicted is None
                            else round(predicted / MIB, 2))
@@ -296,12 +298,46 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             store.append(row)
             new_rows += 1
             events.row(row)
-        else:
+
+        while queue or executor.busy:
+            while queue and executor.idle and not stopped:
+                if should_stop():
+                    stopped = True
+                    break
+                cfg = next((c for c in queue if grid.oom_group(c) not in flying), None)
+                if cfg is None:  # every remaining group has a smaller N in flight
+                    break
+                queue.remove(cfg)
+                try:
+                    predicted, how = predictor.predict(cfg)
+                except Exception:  # noqa: BLE001 - a plugin's mem_elems: no prediction, no skip
+                    predicted, how = None, ""
+                result = _skip_reason(cfg, predicted, how, budget, limits)
+                if result is not None:
+                    record(cfg, result, predicted)
+                    continue
+                events.config(cfg, new_rows, len(todo))
+                executor.submit((cfg, predicted), _unit(plan, cfg), plan.timeout_s)
+                flying.add(grid.oom_group(cfg))
+            if not executor.busy:
+                break
+            try:
+                finished = executor.wait()
+            except WorkerStartError as e:  # not this config's fault: record nothing
+                raise LsbenchError(
+                    f"cannot restart the measurement worker ({e}); the {new_rows} rows "
+                    f"measured so far are saved. Continue later with `lsbench run --resume "
+                    f"{plan.run_dir}`.") from None
+            for (cfg, predicted), result in finished:
+                flying.discard(grid.oom_group(cfg))
+                record(cfg, result, predicted)
+        if not queue:
             complete = True
             if new_rows and peak:
                 _recheck_peak(executor, plan, peak, info, events)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
         if written:
             info["status"] = "complete" if complete else "interrupted"
             info["finished_at"] = now_iso() if complete else None
@@ -312,7 +348,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
 PEAK_DROP_WARN = 0.20  # the machine lost this much of its matmul peak during the run
 
 
-def _recheck_peak(executor: LocalExecutor, plan: Plan, peak: float, info: dict[str, Any],
+def _recheck_peak(executor: Pool, plan: Plan, peak: float, info: dict[str, Any],
                   events: Events) -> None:
     """Measure the matmul peak again after the sweep: a machine that got busier (or hotter)
     meanwhile shows a lower peak, and every row's % of peak is then in doubt."""
@@ -346,7 +382,7 @@ def _finish_without_work(plan: Plan, events: Events) -> Outcome:
     return Outcome(plan.run_dir, list(plan.store.rows), 0, True, info)
 
 
-def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:
+def _probe(executor: Pool, plan: Plan) -> dict[str, Any]:
     unit = {"kind": "probe", "device": plan.device, "dtype": plan.suite.dtype,
             "matmul_precision": plan.suite.matmul_precision,
             "threads": plan.threads, "measure_peak": plan.resume_info is None}
@@ -360,7 +396,36 @@ def _probe(executor: LocalExecutor, plan: Plan) -> dict[str, Any]:
                            f"{probe.get('reason')}.")
     if probe.get("error"):
         raise LsbenchError(probe["error"])
+    if executor.slots > 1:
+        _check_slots_agree(executor, plan, probe)
     return probe
+
+
+def _check_slots_agree(executor: Pool, plan: Plan, probe: dict[str, Any]) -> None:
+    """Rows from several workers go into one table only if the workers are the same device;
+    the memory budget follows the worker with the least free memory."""
+    from lsbench.measure.env import device_name
+
+    unit = {"kind": "probe", "device": plan.device, "dtype": plan.suite.dtype,
+            "matmul_precision": plan.suite.matmul_precision, "threads": plan.threads,
+            "measure_peak": False}
+    try:
+        probes = executor.probe_all(unit, PROBE_TIMEOUT_S)
+    except WorkerStartError as e:
+        raise LsbenchError(f"cannot start every worker of --executor {executor.name}: {e}.") \
+            from None
+    names = {}
+    for label, p in zip(executor.labels, probes, strict=True):
+        if p.get("error") or p.get("status") in ("error", "oom", "timeout"):
+            raise LsbenchError(f"worker {label} failed while probing the device: "
+                               f"{p.get('error') or p.get('reason')}.")
+        names[label] = device_name(p["env"], plan.device)
+    if len(set(names.values())) > 1:
+        listed = "; ".join(f"{k}: {v}" for k, v in names.items())
+        raise LsbenchError(f"the workers run on different devices ({listed}); their rows would "
+                           "not be comparable. Limit the run to identical devices (e.g. "
+                           "CUDA_VISIBLE_DEVICES) or use --executor local.")
+    probe["free_mem_bytes"] = min(p["free_mem_bytes"] for p in probes)
 
 
 def _busy_cpu_warning(plan: Plan, probe: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ EXTRA_COLUMNS = [
     "peak_rss_mib", "predicted_mem_mib", "latency_ci_level", "noisy", "threads",
     "iters_per_sample", "flops", "ffn_dim", "causal", "batch_tokens", "params", "measured_at",
     "precision", "detail", "layer", "computed_flops", "sdpa_backend", "matmul_precision",
-    "device_name", "contended", "contention", "retimed",
+    "device_name", "contended", "contention", "retimed", "worker",
 ]
 MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "repeats",
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
