@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from lsbench.cli import app
 from lsbench.sweep import plugins
 from lsbench.sweep.store import COLUMNS, STATUSES
+from tests.procs import run_then_kill
 
 runner = CliRunner()
 
@@ -225,21 +226,9 @@ def test_faults_become_rows_and_the_sweep_continues(tmp_path, faults):
 
 def test_sigkill_mid_sweep_then_resume(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-c", "from lsbench.cli import app; app()", "run", "--suite", "smoke",
-           "--seq-lens", "16,32,64,128", "--out", str(out), "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     jsonl = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 4:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker
-        proc.wait()
+    run_then_kill(["run", "--suite", "smoke", "--seq-lens", "16,32,64,128", "--out", str(out),
+                   "--threads", "1"], jsonl, rows=4, timeout_s=120)  # the parent and its worker
     first = jsonl.read_text()
     n_first = len(first.splitlines())
     assert 4 <= n_first < 24

@@ -258,3 +258,27 @@ def test_cuda_every_fig2_variant_runs_each_dtype(variant, dtype):
         row = _gpu_row(variant, dtype, n=2048, mode=mode)
         assert row["status"] == "ok", (variant, dtype, mode, row.get("reason"))
         assert row["latency_ms"] > 0 and row["peak_mem_mib"] > 0
+
+
+def test_cuda_executor_gpus_runs_one_worker_per_gpu(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(out),
+                                 "--executor", "gpus"])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(out)
+    assert {r["status"] for r in rows} == {"ok"}
+    from lsbench.sweep.executors import visible_gpus
+
+    workers = {r["worker"] for r in rows}
+    assert workers <= {f"gpu {g}" for g in visible_gpus()}
+    assert len(workers) > 1 if len(visible_gpus()) > 1 else len(workers) == 1
+
+
+@pytest.mark.parametrize("variant", ["flex_window", "flex_causal"])
+def test_cuda_flex_variants_run_in_a_sweep(tmp_path, variant):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--suite", "smoke", "--device", "cuda", "--out", str(out),
+                                 "--variants", variant, "--seq-lens", "256,1024"])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(out)
+    assert {r["status"] for r in rows} == {"ok"}, [r["reason"] for r in rows]

@@ -195,8 +195,17 @@ class _RaySlot:
 class _RayRunner:
     def __init__(self, actor):
         self.actor = actor
+        self.busy = False
 
     def run(self, unit: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+
+        self.busy = True
+        try:
+            return self._run(unit, timeout_s)
+        finally:
+            self.busy = False
+
+    def _run(self, unit: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         import ray
 
         try:
@@ -214,10 +223,11 @@ class _RayRunner:
     def close(self) -> None:
         import ray
 
-        try:
-            ray.get(self.actor.close.remote(), timeout=30)
-        except Exception:  # noqa: BLE001
-            pass
+        if not self.busy:  # an idle actor ends its worker cleanly; a busy one is killed
+            try:
+                ray.get(self.actor.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001
+                pass
         ray.kill(self.actor)
 
 
