@@ -56,14 +56,15 @@ def summarize(rows: list[dict], training: list[dict], run: dict) -> Summary:
         widths = [(r["ppl_ci_high"] - r["ppl_ci_low"]) / 2 / r["ppl"] for r in rows
                   if r["eval_mode"] == mode and r.get("ppl_ci_high") is not None
                   and r.get("ppl") and r["ppl_ci_high"] != float("inf")]
-        ci = f"; 95% CI within ±{max(widths):.1%} of each ppl" if widths else ""
         low = any(r.get("low_precision") for r in rows if r["eval_mode"] == mode)
+        cells = [[pos, *(fmt_ppl(by_len.get(n, {}).get("ppl")) for n in lens)]
+                 for pos, by_len in by_pos.items()]
+        notes = (["n/a = beyond a learned table"] if any("n/a" in c for c in cells) else []) + (
+            [f"95% CIs of the ppl: ±{max(widths):.1%} at the widest"] if widths else []) + (
+            ["LOW PRECISION: fewer than 16k tokens scored per length"] if low else [])
         out.tables.append(TextTable(
-            f"perplexity, trained at L={L}, {mode} ({scored})", ["position", *heads],
-            [[pos, *(fmt_ppl(by_len.get(n, {}).get("ppl")) for n in lens)]
-             for pos, by_len in by_pos.items()],
-            "n/a = beyond a learned table" + ci
-            + ("; LOW PRECISION: fewer than 16k tokens scored per length" if low else "")))
+            f"perplexity, trained at L={L}, {mode} ({scored})", ["position", *heads], cells,
+            "; ".join(notes)))
         out.tables.append(TextTable(
             f"ppl(n)/ppl(L) and loss difference in bits per byte, {mode}", ["position", *heads],
             [[pos, *(_ratio_cell(by_len.get(n)) for n in lens)] for pos, by_len in by_pos.items()],
