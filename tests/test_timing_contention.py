@@ -71,7 +71,7 @@ def test_a_falling_matmul_peak_warns_in_run_json_and_the_report(tmp_path, monkey
         return out
 
     monkeypatch.setattr(worker, "probe", probe)
-    monkeypatch.setattr("lsbench.sweep.runner.LocalExecutor", InProcess)
+    monkeypatch.setattr("lsbench.sweep.executors.LocalExecutor", InProcess)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--variants", "fastformer", "--seq-lens", "16",
                                    "--mode", "inference", "--threads", "1", "--out", str(out),

@@ -316,22 +316,27 @@ def parse_size(text: str) -> int:
 # --- `lsbench list suites` --------------------------------------------------------------------
 
 def list_rows() -> list[dict]:
+    """One row per built-in suite; variant and config counts are for this machine's device
+    (`variants = "all"` leaves out what cannot run on it)."""
+    import torch
+
+    from lsbench.sweep import grid
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for name, path in builtin_suites().items():
         suite = load_suite(str(path))
         batches = (f"tokens/{suite.batch_tokens}" if suite.batch_tokens is not None
                    else ",".join(map(str, suite.batch_sizes or [1])))
-        n_configs = len(suite.variants) * len(suite.modes) * sum(
-            1 for n in suite.seq_lens for b in suite.batches_for(n)
-            if b == 1 or not suite.max_batch_tokens or b * n <= suite.max_batch_tokens)
+        configs = grid.build_grid(suite, device)
         rows.append({
             "name": name,
             "description": suite.description,
-            "variants": len(suite.variants),
+            "variants": len({c["variant"] for c in configs}),
             "seq_lens": f"{min(suite.seq_lens)}..{max(suite.seq_lens)}",
             "batch": batches,
             "modes": ",".join(m[:5] for m in suite.modes),
             "model": f"d{suite.d_model} h{suite.n_heads} L{suite.n_layers} {suite.dtype}",
-            "configs": n_configs,
+            "configs": len(configs),
         })
     return rows
