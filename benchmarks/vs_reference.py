@@ -1,5 +1,6 @@
-"""CPU time of lsbench's `linformer` and `fastformer` against their reference implementations,
-same weights and shapes (not a test; the linformer peer needs `pip install linformer`).
+"""CPU time of lsbench's `linformer`, `fastformer`, `performer` and `nystromformer` against
+their reference implementations, same weights and shapes (not a test; the peers come with the
+dev extra: `linformer`, `performer-pytorch`, `nystrom-attention`).
 
 - linformer vs lucidrains `linformer` 0.2.3 `LinformerSelfAttention` (k = 256, headwise E/F):
   lucidrains' q/k/v projections have no bias, so ours runs with its qkv bias zeroed and the two
@@ -7,6 +8,10 @@ same weights and shapes (not a test; the linformer peer needs `pip install linfo
   compresses; ours compresses x first, as fairseq's authors' code does.
 - fastformer vs the official `FastSelfAttention` + `BertSelfOutput.dense` (wuch15/Fastformer),
   restated below line by line as in tests/test_linear_family.py, sharing our Linear modules.
+- performer vs performer-pytorch `FastAttention` (FAVOR+, 256 features, the same projection
+  matrix) between our q/k/v and output projections (the package has no layer of this shape).
+- nystromformer vs nystrom-attention `NystromAttention` (64 landmarks, 6 pinv iterations,
+  conv skip 33), whole layers with copied weights (its qkv has no bias: ours zeroed).
 
 Each cell: forward (no grad) or forward + backward (autograd.grad of the sum w.r.t. every
 parameter), torch.utils.benchmark median over `--rounds` interleaved rounds (ours, peer; peer,
@@ -14,8 +19,8 @@ ours; ...) so that load from other processes falls on both sides. The load avera
 before and after each table: the CPU may be shared. Cells predicted above --max-mem-gib are
 skipped and say so.
 
-    python benchmarks/linformer_fastformer_vs_official.py                   # the full grid
-    python benchmarks/linformer_fastformer_vs_official.py --only fastformer --lens 1024
+    python benchmarks/vs_reference.py                            # the full grid
+    python benchmarks/vs_reference.py --only fastformer --lens 1024
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from torch import nn
 from torch.utils import benchmark
 
 from lsbench.variants import REGISTRY, build
+
+PEERS = {"linformer": "lucidrains", "fastformer": "official", "performer": "performer-pytorch",
+         "nystromformer": "nystrom-attention"}
 
 
 class OfficialFastAttention(nn.Module):
@@ -95,6 +103,41 @@ def pair(name: str, n: int, args) -> tuple[nn.Module, Callable, Callable]:
             peer.proj_v.copy_(ours.F.t())
             peer.to_out.load_state_dict(ours.out.state_dict())
         return ours, ours, peer
+    if name == "performer":
+        from performer_pytorch import FastAttention
+
+        from lsbench.variants.transformer import merge_heads
+
+        ours = build("performer", args.d_model, args.n_heads).eval()
+        fast = FastAttention(dim_heads=args.d_model // args.n_heads,
+                             nb_features=ours.projection.shape[0])
+        fast.projection_matrix.copy_(ours.projection)
+
+        def peer(x):
+            q, k, v = ours.project(x)
+            return ours.out(merge_heads(fast(q, k, v)))
+
+        return ours, ours, peer
+    if name == "nystromformer":
+        from nystrom_attention import NystromAttention
+
+        ours = build("nystromformer", args.d_model, args.n_heads).eval()
+        peer = NystromAttention(dim=args.d_model, dim_head=args.d_model // args.n_heads,
+                                heads=args.n_heads, num_landmarks=64).eval()
+        with torch.no_grad():
+            ours.qkv.weight.copy_(peer.to_qkv.weight)
+            ours.qkv.bias.zero_()
+            ours.out.load_state_dict(peer.to_out[0].state_dict())
+            ours.conv.weight.copy_(peer.res_conv.weight)
+        mask = {}
+
+        def run_peer(x):  # an all-True mask: the package then masks its own front padding
+            if x.shape[:2] not in mask:
+                mask[x.shape[:2]] = torch.ones(*x.shape[:2], dtype=torch.bool)
+            return peer(x, mask=mask[x.shape[:2]])
+
+        run_peer.parameters = peer.parameters
+        return ours, ours, run_peer
     ours = build("fastformer", args.d_model, args.n_heads).eval()
     official = OfficialFastAttention(ours).eval()
     no_mask = torch.zeros(1, 1, n)  # the official extended mask for all-real tokens
@@ -108,6 +151,9 @@ def pair(name: str, n: int, args) -> tuple[nn.Module, Callable, Callable]:
 def predicted_gib(name: str, batch: int, n: int, training: bool, args) -> float:
     cls = REGISTRY[name]
     params = {**cls.defaults, **({"k": args.k} if name == "linformer" else {})}
+    if name in ("performer", "nystromformer"):  # the packages keep more than ours: (B,H,N,·)
+        return 4 * cls.mem_elems(batch, n, args.d_model, args.n_heads, params) * 4 * (
+            2 if training else 1) / 2**30
     elems = cls.mem_elems(batch, n, args.d_model, args.n_heads, params)
     # float32; training keeps activations for backward and adds their grads (measured: linformer
     # B=8, N=4096, forward+backward peaks at 1.6 GiB on both sides, this predicts 2.1)
@@ -140,7 +186,7 @@ def timed(ours_run: Callable, peer_run: Callable, args) -> tuple:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["linformer", "fastformer"], default=None)
+    p.add_argument("--only", choices=PEERS, default=None)
     p.add_argument("--lens", default="1024,4096,16384")
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--modes", default="forward,forward+backward")
@@ -158,8 +204,8 @@ def main() -> None:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     modes = args.modes.split(",")
     console = Console()
-    for name in [args.only] if args.only else ["linformer", "fastformer"]:
-        peer_name = "lucidrains" if name == "linformer" else "official"
+    for name in [args.only] if args.only else list(PEERS):
+        peer_name = PEERS[name]
         table = Table(title=f"{name} vs {peer_name} — d_model={args.d_model}, {args.n_heads} "
                             f"heads{f', k={args.k}' if name == 'linformer' else ''}, "
                             f"{args.threads} threads, CPU float32, median ms (IQR)")
@@ -180,7 +226,7 @@ def main() -> None:
                     with torch.no_grad():
                         diff = (ours_fn(x) - peer_fn(x)).abs().max().item()
                     params = list(ours.parameters())
-                    if name == "linformer":  # grads w.r.t. each side's own parameters
+                    if name in ("linformer", "nystromformer"):  # each side's own parameters
                         peer_params = list(peer_fn.parameters())
                     else:
                         peer_params = params
