@@ -17,33 +17,15 @@ check runs on real CPU tensors.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from lsbench.measure.ops import OpCounter
 from lsbench.variants import REGISTRY, build
 
 D, H = 64, 4
 LAYOUT_SLACK = 8  # B=1 may take view where B>1 takes clone + _unsafe_view (merge_heads)
 N_GROWTH_SLACK = 4  # e.g. one extra pad when N is not a block multiple
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts aten ops (overload packets) dispatched inside the `with` block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
 
 
 def _names() -> list:

@@ -18,6 +18,7 @@ import torch
 
 from lsbench.errors import LsbenchError
 from lsbench.measure.flops import attention_flops, linear_flops
+from lsbench.measure.ops import OpCounter
 from lsbench.variants import _flex, build
 from lsbench.variants.flex_causal import FlexCausal
 from lsbench.variants.flex_window import FlexWindow
@@ -26,7 +27,6 @@ from lsbench.variants.mamba2 import Mamba2, ssd_chunked, ssd_recurrent
 from lsbench.variants.nystromformer import Nystromformer
 from lsbench.variants.performer import Performer, orthogonal_features
 from lsbench.variants.transformer import merge_heads
-from tests.test_launch_contract import OpCounter
 
 
 def reference(module: str):
