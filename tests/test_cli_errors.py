@@ -38,7 +38,8 @@ def _file(tmp_path):
 
 CASES = [
     ("run", lambda t: ["run", *TINY[:2], "--seq-lens", "1" + "0" * 20], "out of range"),
-    ("run", lambda t: ["run", *TINY[:2], "--seq-lens", "1e20"], "not an integer"),
+    ("run", lambda t: ["run", *TINY[:2], "--seq-lens", "1e20"], "give values from 1 to"),
+    ("run", lambda t: ["run", *TINY[:2], "--seq-lens", "12.5"], "not an integer"),
     ("run", lambda t: ["run", *TINY[:2], "--seq-lens", "-5"], "not positive"),
     ("run", lambda t: ["run", *TINY[:2], "--seq-lens", ","], "is empty"),
     ("run", lambda t: ["run", "--variants", "longformr", "--seq-lens", "16"], "longformer"),
@@ -62,9 +63,15 @@ CASES = [
     ("report", lambda t: ["report", _file(t)], "afile"),
     ("compare", lambda t: ["compare", str(t / "a"), str(t / "b")], "a"),
     ("list", lambda t: ["list", "varients"], "variants"),
+    ("run", lambda t: ["run", *TINY, "--threads", "two"], "--threads"),
+    ("run", lambda t: ["run", *TINY, "--no-such-option"], "no such option"),
+    ("report", lambda t: ["report", str(t), "--format", "pdf"], "html"),
     ("extrapolate", lambda t: ["extrapolate", "--train-len", "0"], "train"),
     ("extrapolate", lambda t: ["extrapolate", "--positions", "alibbi"], "alibi"),
     ("extrapolate", lambda t: ["extrapolate", "--corpus", str(t / "missing")], "missing"),
+    ("extrapolate", lambda t: ["extrapolate", "--preset", "tiny", "--out", "/proc/forbidden/x"],
+     "cannot create /proc/forbidden/x"),
+    ("extrapolate", lambda t: ["extrapolate", "--preset", "tiny", "--out", _file(t)], "afile"),
 ]
 
 
@@ -72,7 +79,7 @@ CASES = [
                          ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
 def test_bad_input_is_one_clean_error(tmp_path, command, make_args, needle):
     result = runner.invoke(app, make_args(tmp_path))
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert needle.lower() in result.output.lower(), result.output

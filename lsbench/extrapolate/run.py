@@ -42,6 +42,7 @@ from lsbench.extrapolate.evaluate import (
 from lsbench.extrapolate.presets import DEFAULT_EVAL_MULTS, PRESETS, Preset, get_preset
 from lsbench.extrapolate.tokenizer import VOCAB_SIZE
 from lsbench.extrapolate.train import (
+    RESUME,
     TrainState,
     autocast_for,
     checkpoint_meta,
@@ -51,6 +52,7 @@ from lsbench.extrapolate.train import (
     train,
 )
 from lsbench.models import CausalLM, CausalLMConfig
+from lsbench.sweep.store import fs_error
 
 PAPER_POSITIONS = ("sinusoidal", "rotary", "t5", "alibi")
 # `none` (NoPE) is the control: a method not clearly better at L has not learned position
@@ -193,18 +195,24 @@ def _round(x: float | None) -> float | None:
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+        os.replace(tmp, path)
+    except OSError as e:
+        raise fs_error(path, e, "write", RESUME) from None
 
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise fs_error(path, e, "write", RESUME) from None
 
 
 def run_extrapolate(
@@ -292,7 +300,10 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
         raise LsbenchError(
             f"--eval-only: {ckpt_dir} does not exist; train first (drop --eval-only)."
         )
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise fs_error(ckpt_dir, e, "create", RESUME) from None
     args = {"train_len": train_len, "positions": names, "corpus": corpus, "out": str(out),
             "preset": p.name, "eval_lens": lens, "stride": stride, "eval_only": eval_only,
             "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),

@@ -24,6 +24,10 @@ from lsbench.errors import LsbenchError
 from lsbench.extrapolate.presets import Preset
 from lsbench.measure.memory import track_peak
 from lsbench.models import CausalLM, CausalLMConfig
+from lsbench.sweep.store import fs_error
+
+# how to continue after a write failed (disk full): training resumes from the last checkpoint
+RESUME = "the same `lsbench extrapolate` command (it resumes from the last checkpoint)"
 
 CKPT_FORMAT = 1
 EVAL_ONLY_FIELDS = {"name", "description", "eval_windows", "sliding_tokens", "eval_batch_tokens",
@@ -120,8 +124,11 @@ def save_checkpoint(path: Path, model: CausalLM, opt, state: TrainState, meta: d
     payload = {"format": CKPT_FORMAT, "meta": meta, "state": asdict(state),
                "model": model.state_dict(), "optimizer": opt.state_dict()}
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise fs_error(path, e, "write", RESUME) from None
 
 
 def load_checkpoint(path: Path, meta: dict | None = None) -> dict:

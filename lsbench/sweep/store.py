@@ -228,17 +228,17 @@ FS_FIXES = {
     errno.EACCES: "it is not writable by you; choose a directory you can write to (--out)",
     errno.EPERM: "it is not writable by you; choose a directory you can write to (--out)",
     errno.EROFS: "the file system is read-only; choose --out on a writable disk",
-    errno.ENOSPC: "the disk is full; free some space, then continue with "
-                  "`lsbench run --resume DIR` (rows already written are kept)",
-    errno.EDQUOT: "the disk quota is exhausted; free some space, then continue with "
-                  "`lsbench run --resume DIR` (rows already written are kept)",
+    errno.ENOSPC: "the disk is full; free some space, then continue with {resume}",
+    errno.EDQUOT: "the disk quota is exhausted; free some space, then continue with {resume}",
 }
+RUN_RESUME = "`lsbench run --resume DIR` (rows already written are kept)"
 
 
-def fs_error(path: Path, e: OSError, doing: str) -> LsbenchError:
-    """A one-line error naming the path, what failed and the fix."""
+def fs_error(path: Path, e: OSError, doing: str, resume: str = RUN_RESUME) -> LsbenchError:
+    """A one-line error naming the path, what failed and the fix (`resume`: how to continue
+    after the disk fills)."""
     fix = FS_FIXES.get(e.errno, "check the path and its permissions, or choose another --out")
-    return LsbenchError(f"cannot {doing} {path}: {e.strerror or e}; {fix}.")
+    return LsbenchError(f"cannot {doing} {path}: {e.strerror or e}; {fix.format(resume=resume)}.")
 
 
 # -- run directory names and reports/latest --

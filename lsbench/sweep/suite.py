@@ -21,6 +21,7 @@ Built-in suites live in `lsbench/suites/*.toml`; `--suite` takes a name or a pat
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,18 @@ def parse_list(option: str, text: str | None) -> list[str] | None:
     return items
 
 
+def _whole_number(item: str) -> int:
+    """int("4096"), and also "4e3" or "1e20" (a whole number written in scientific notation,
+    so that the range check, not the parser, answers an absurd length)."""
+    try:
+        return int(item)
+    except ValueError:
+        value = float(item)  # ValueError for anything that is not a number
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(item) from None
+        return int(value)
+
+
 def parse_int_list(option: str, text: str | None) -> list[int] | None:
     items = parse_list(option, text)
     if items is None:
@@ -281,7 +294,7 @@ def parse_int_list(option: str, text: str | None) -> list[int] | None:
     out = []
     for item in items:
         try:
-            value = int(item)
+            value = _whole_number(item)
         except ValueError:
             raise LsbenchError(
                 f"{option}: {item!r} is not an integer; give comma-separated positive "
