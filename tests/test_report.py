@@ -418,3 +418,18 @@ def test_markdown_goes_to_stdout_when_it_is_not_a_terminal(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.startswith("# lsbench report") and "&gt;" not in res.output
     assert not (run / "report.md").exists()
+
+
+def test_contended_and_few_sample_rows_are_marked_never_called_steady(tmp_path):
+    steady = latency_row("linear", 256, 4.0, 1.0)
+    contended = {**latency_row("linear", 512, 9.0, 2.0), "contended": True, "retimed": 2,
+                 "contention": "450 involuntary context switches/s, CPU 0.51 of 2 thread(s)"}
+    few = {**latency_row("linear", 1024, 20.0, 4.0, repeats=2, iqr_frac=0.0), "noisy": None}
+    run = load_run(write_latency_run(tmp_path / "r", [steady, contended, few]))
+    rows = run.rows.set_index("seq_len")
+    assert not rows.at[1024, "noisy"] and rows.at[1024, "spread_unknown"]  # unknown, not steady
+    assert rows.at[512, "contended"] and not rows.at[256, "contended"]
+    build_report([tmp_path / "r"])
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "9.00‡" in html and "20.0?" in html and "4.00<" in html
+    assert "Contended measurements" in html and "450 involuntary" in html

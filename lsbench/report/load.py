@@ -25,7 +25,8 @@ LATENCY_COLUMNS = [
     "latency_ms_ci_high", "repeats", "peak_mem_mib", "tokens_per_s", "gflops_per_s",
     "pct_of_peak", "config_id",
 ]
-EXTRA_COLUMNS = ["peak_rss_mib", "predicted_mem_mib", "noisy", "threads"]
+EXTRA_COLUMNS = ["peak_rss_mib", "predicted_mem_mib", "noisy", "threads", "contended",
+                 "contention", "retimed"]
 INT_COLUMNS = ["batch_size", "seq_len", "d_model", "n_heads", "n_layers", "repeats", "threads"]
 FLOAT_COLUMNS = [
     "latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "peak_mem_mib",
@@ -36,6 +37,7 @@ KEY_COLUMNS = ["variant", "mode", "dtype", "device", "batch_size", "seq_len", "d
                "n_heads", "n_layers"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error")
 NOISE_LIMIT = 0.10  # IQR / median above this marks a row as noisy (DESIGN.md, Trust)
+MIN_SAMPLES = 3  # fewer timed samples than this: the spread is unknown (measure/timing.py)
 
 EXTRAPOLATION_COLUMNS = ["position", "train_len", "eval_len", "eval_mode", "stride",
                          "tokens_scored", "loss", "ppl"]
@@ -196,10 +198,14 @@ def normalise_rows(df: pd.DataFrame) -> pd.DataFrame:
     failed = df["status"] != "ok"
     for col in FLOAT_COLUMNS:
         df.loc[failed, col] = np.nan
+    # `noisy` is True only for a known large spread; a row with fewer than MIN_SAMPLES samples
+    # has no spread to judge (`spread_unknown`: the report marks it, never calls it steady).
+    df["spread_unknown"] = ~failed & (df["repeats"].isna() | (df["repeats"] < MIN_SAMPLES))
     spread = df["latency_ms_iqr"] / df["latency_ms"]
-    computed = (spread > NOISE_LIMIT) & ~failed
+    computed = (spread > NOISE_LIMIT) & ~failed & ~df["spread_unknown"]
     given = df["noisy"].map(_as_bool)
     df["noisy"] = given.where(given.notna(), computed).astype(bool) & ~failed
+    df["contended"] = df["contended"].map(_as_bool).fillna(False).astype(bool) & ~failed
     missing_id = df["config_id"].isna() | (df["config_id"].astype(str) == "")
     if missing_id.any():
         df.loc[missing_id, "config_id"] = df.loc[missing_id, KEY_COLUMNS].apply(

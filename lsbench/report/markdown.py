@@ -67,6 +67,9 @@ def render_markdown(sections: list[Section], title: str, out_file: Path | None) 
         if s.noisy is not None and not s.noisy.empty:
             parts.append("### Noisy measurements\n")
             parts.append(md_table(s.noisy))
+        if s.contended is not None:
+            parts.append("### Contended measurements\n")
+            parts.append(md_table(s.contended))
         parts.append("### Environment\n")
         parts.append("| key | value |\n|---|---|")
         parts += [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in s.trust + s.env]

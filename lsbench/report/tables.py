@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,7 @@ class Pivot:
     values: pd.DataFrame  # float, NaN where not ok
     status: pd.DataFrame  # "ok" / "oom" / ... ; "" where not measured
     noisy: pd.DataFrame  # bool
+    marks: pd.DataFrame | None = None  # "" or footnote marks: † noisy, ‡ contended, ? unknown
 
     @property
     def title(self) -> str:
@@ -105,12 +107,14 @@ def pivots(rows: pd.DataFrame, value: str) -> list[Pivot]:
         values = pd.DataFrame(np.nan, index=idx, columns=cols)
         status = pd.DataFrame("", index=idx, columns=cols)
         noisy = pd.DataFrame(False, index=idx, columns=cols)
+        marks = pd.DataFrame("", index=idx, columns=cols)
         for r in sub.dropna(subset=["seq_len"]).itertuples(index=False):
             n = int(r.seq_len)
             values.loc[r.variant, n] = getattr(r, value)
             status.loc[r.variant, n] = r.status
             noisy.loc[r.variant, n] = bool(r.noisy)
-        out.append(Pivot(mode, batch, values, status, noisy))
+            marks.loc[r.variant, n] = row_marks(r)
+        out.append(Pivot(mode, batch, values, status, noisy, marks))
     return out
 
 
@@ -292,6 +296,19 @@ def headlines(rows: pd.DataFrame) -> list[str]:
 
 
 # --- noise and failures -------------------------------------------------------------------
+
+MARKS = {"noisy": "†", "contended": "‡", "spread_unknown": "?"}
+
+
+def row_marks(r: Any) -> str:
+    """Footnote marks for one latency cell: † noisy, ‡ contended, ? fewer than 3 samples."""
+    return "".join(m for col, m in MARKS.items() if bool(getattr(r, col, False)))
+
+
+def contended_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    df = rows[rows["contended"] & (rows["status"] == "ok")]
+    cols = ["variant", "mode", "batch_size", "seq_len", "latency_ms", "retimed", "contention"]
+    return df[cols].reset_index(drop=True)
 
 def noisy_rows(rows: pd.DataFrame) -> pd.DataFrame:
     df = rows[rows["noisy"] & (rows["status"] == "ok")].copy()

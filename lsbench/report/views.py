@@ -57,6 +57,7 @@ class Section:
     tables: list[TableView] = field(default_factory=list)
     failures: TableView | None = None
     noisy: TableView | None = None
+    contended: TableView | None = None
     trust: list[tuple[str, str]] = field(default_factory=list)
     env: list[tuple[str, str]] = field(default_factory=list)
     command: str = ""
@@ -77,9 +78,10 @@ def pivot_view(pivot: tables.Pivot, tid: str, unit: str, caption: str,
             status = pivot.status.at[variant, n]
             value = pivot.values.at[variant, n]
             if status == "ok" and pd.notna(value):
-                noisy = mark_noisy and bool(pivot.noisy.at[variant, n])
-                row.append(Cell(fmt_num(value) + ("†" if noisy else ""),
-                                "num noisy" if noisy else "num", float(value)))
+                marks = pivot.marks.at[variant, n] if mark_noisy and pivot.marks is not None \
+                    else ""
+                row.append(Cell(fmt_num(value) + marks, "num noisy" if marks else "num",
+                                float(value)))
             elif status in ("", None):
                 row.append(Cell("—", "na", None))
             else:
@@ -185,6 +187,17 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         f"Rows whose IQR is more than {NOISE_LIMIT:.0%} of the median (marked † in the tables)."
         " Rerun them on a quieter machine before drawing conclusions from them."
     ) if not rows.empty else None
+    contended = tables.contended_rows(rows) if not rows.empty else None
+    sec.contended = frame_view(
+        contended, f"{anchor}-contended", "Contended measurements",
+        {"variant": ("variant", _text), "mode": ("mode", _text),
+         "batch_size": ("batch", _int), "seq_len": ("N", _int),
+         "latency_ms": ("median ms", _num), "retimed": ("re-timed", _int),
+         "contention": ("what the OS saw", _text)},
+        "Rows timed while another process took the CPU (marked ‡ in the tables): each was "
+        "timed again after a pause, up to twice, and the least contended timing is kept. "
+        "Their latency is likely too high; rerun on a quiet machine."
+    ) if contended is not None and not contended.empty else None
     return sec
 
 
@@ -211,8 +224,10 @@ def _latency_tables(rows: pd.DataFrame, prefix: str, group: str,
         for p in pivs:
             out.append(pivot_view(p, f"{prefix}-{name}-{p.mode}-b{p.batch_size}", unit,
                                   "" if name == "memory" else
-                                  "† noisy (IQR > 10% of the median). OOM / skip / timeout / "
-                                  "error: the configuration did not produce a number.",
+                                  "† noisy (IQR > 10% of the median), ‡ contended (another "
+                                  "process took the CPU), ? fewer than 3 samples (spread "
+                                  "unknown). OOM / skip / timeout / error: the configuration "
+                                  "did not produce a number.",
                                   mark_noisy=name == "latency"))
             out[-1].group = _join(group, "Latency (ms)" if name == "latency"
                                   else "Peak memory (MiB)")
