@@ -357,3 +357,34 @@ def test_mamba2_flops_hand_count():
                + 2 * B * M * M * S * E)
     assert Mamba2.computed_flops(B, N, D, H, p) == layer + chunked
     assert Mamba2.flops(B, N, D, H, p, causal=True) == Mamba2.flops(B, N, D, H, p)
+
+
+def test_flex_compile_keeps_oom_and_refuses_a_silent_eager_fallback(monkeypatch):
+    """An OOM inside the compiled kernel stays an OOM (an `oom` row, larger N skipped), and the
+    recompile limit is raised and made fatal, so that a sweep's many shapes never fall back to
+    the unfused eager flex_attention unnoticed."""
+    import torch._dynamo.config as dynamo_config
+
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, limit, 8)
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        monkeypatch.setattr(dynamo_config, "fail_on_recompile_limit_hit", False)
+    monkeypatch.setattr(_flex, "_compiled", None)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: out_of_memory)
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(torch.OutOfMemoryError):
+        _flex.flex(q, q, q, block_mask=None)
+    assert getattr(dynamo_config, limit) >= 256
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        assert dynamo_config.fail_on_recompile_limit_hit
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("triton not found")
+
+    monkeypatch.setattr(_flex, "_compiled", broken)
+    with pytest.raises(LsbenchError, match="could not be compiled"):
+        _flex.flex(q, q, q, block_mask=None)

@@ -85,9 +85,22 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, compiled
     if not compiled:
         return flex_attention(q, k, v, block_mask=block_mask)
     if _compiled is None:
+        # A worker runs many configs: each new (B, N, dtype, grad mode) recompiles. Past dynamo's
+        # recompile limit (8) it would silently run flex_attention eagerly (unfused, N×N
+        # scores) and the row would time the wrong kernel; allow a sweep's worth of shapes and
+        # make hitting the limit an error (an `error` row) rather than a quiet fallback.
+        import torch._dynamo.config as dynamo_config
+
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") \
+            else "cache_size_limit"  # its name before torch 2.6
+        setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 256))
+        if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+            dynamo_config.fail_on_recompile_limit_hit = True
         _compiled = torch.compile(flex_attention, dynamic=False)
     try:
         return _compiled(q, k, v, block_mask=block_mask)
+    except torch.OutOfMemoryError:
+        raise  # an `oom` row (and the larger N skipped), not "could not be compiled"
     except Exception as e:  # inductor / triton failures: a result row, not a traceback
         raise LsbenchError(
             f"flex_attention could not be compiled on {q.device} ({type(e).__name__}: "
