@@ -68,6 +68,19 @@ def test_kerple_log_and_power_match_the_kernels():
     assert torch.isfinite(power.r2.grad).all() and torch.isfinite(power.r1.grad).all()
 
 
+def test_kerple_head_at_its_floor_keeps_a_gradient():
+    """As the official code clamps the stored parameter (bias_p.data.clamp_), a head pushed
+    below the floor sits at it with a live gradient instead of a dead clamp."""
+    pe = positions.build("kerple_log", n_heads=2, head_dim=4)
+    with torch.no_grad():
+        pe.r1.copy_(torch.tensor([1.0, -0.5]))
+    pos = torch.arange(8)
+    pe.train()
+    pe(pos, pos).sum().backward()
+    assert pe.r1[1].item() == pytest.approx(0.01)
+    assert pe.r1.grad[1].item() != 0
+
+
 def test_fire_is_an_mlp_of_the_progressively_normalised_log_distance():
     pe = positions.build("fire", n_heads=3, head_dim=4, train_len=16)
     x = pe.normalized(torch.arange(64), torch.arange(64))

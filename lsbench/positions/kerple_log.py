@@ -32,5 +32,8 @@ class KerpleLog(Position):
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         dist = relative_distance(q_pos, k_pos).to(self.r1.dtype)  # (Nq, Nk)
+        if self.training:  # as the official code: clamp the stored parameter, so a head that
+            for p in (self.r1, self.r2):  # reaches the floor keeps its gradient and can recover
+                p.data.clamp_(min=EPS)
         r1, r2 = (p.clamp(min=EPS)[:, None, None] for p in (self.r1, self.r2))  # (H, 1, 1)
         return -r1 * torch.log1p(r2 * dist)  # (H, Nq, Nk)

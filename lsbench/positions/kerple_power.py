@@ -31,6 +31,9 @@ class KerplePower(Position):
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         dist = relative_distance(q_pos, k_pos).to(self.r1.dtype)  # (Nq, Nk)
+        if self.training:  # as the official code: clamp the stored parameter, so a head that
+            self.r1.data.clamp_(min=EPS)  # reaches a bound keeps its gradient and can recover
+            self.r2.data.clamp_(min=EPS, max=MAX_POWER)
         r1 = self.r1.clamp(min=EPS)[:, None, None]  # (H, 1, 1)
         r2 = self.r2.clamp(min=EPS, max=MAX_POWER)[:, None, None]
         # 0^r2 = 0 on the diagonal; torch's pow gives a zero (not NaN) exponent gradient there
