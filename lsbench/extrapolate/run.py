@@ -10,6 +10,10 @@ Run directory (the contract with `lsbench report`):
                      peak_mem_mib, final_train_loss
 - training_curve.csv position, step, tokens, loss, lr
 - checkpoints/<position>.pt   resumable; evaluation can be rerun with --eval-only
+
+Why one module of ~440 lines: it is the command's one pipeline (validate, train each method,
+score it nonoverlapping and sliding, RoPE scalings of one checkpoint, write the files), each
+step short; the pieces that stand alone live in train.py, evaluate.py and analysis.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Before a config runs, its memory is predicted from the variant's complexity; con
 budget are recorded as `skipped` with the prediction, and after an `oom` (or a `timeout`) at
 (variant, mode, B, N) the larger N of that group are `skipped` without trying.
 
-Why one module of ~480 lines: it is the sweep's one control loop (plan, probe, skip rules,
+Why one module of ~550 lines: it is the sweep's one control loop (plan, probe, skip rules,
 append, resume, end-of-run checks and summary data), each part short and used only here.
 """
 

@@ -57,6 +57,10 @@ is used at every length (small lengths are covered entirely).
 Shape legend: B batch, N length, Np = nb·b padded length, D d_model, H heads, Dh head dim,
 b block size, nb blocks, K = 3 + g + r key blocks per query block, G distinct global blocks,
 U (head, query block) units of a group.
+
+Why one file of ~490 lines: a variant is one file (DESIGN.md), and BigBird's official random
+plan, its cached device index tensors and the three fused groups are one method; about half
+of the length is this docstring and the comments that tie each step to the official code.
 """
 
 from __future__ import annotations
