@@ -151,6 +151,7 @@ def test_smoke_end_to_end(smoke_run):
     assert info["kind"] == "run" and info["suite"] == "smoke" and info["finished_at"]
     assert info["machine_peak_gflops"] > 0 and info["threads"] == 1
     assert info["device"] == "cpu" and info["env"]["torch"]
+    assert info["matmul_precision_in_force"] == info["matmul_precision"] == "highest"
     rows = rows_of(out)
     assert len(rows) == 18 and len({r["config_id"] for r in rows}) == 18
     for r in rows:

@@ -245,6 +245,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                 "device_name": device_name(env, plan.device),
                 "dtype": suite.dtype,
                 "matmul_precision": suite.matmul_precision,  # float32 matmuls (TF32 = "high")
+                # what the worker's torch reports after setting it (CUDA: TF32 on or off)
+                "matmul_precision_in_force": probe.get("matmul_precision_in_force"),
                 "threads": plan.threads,
                 **executor_info,
                 "machine_peak_gflops": peak,

@@ -203,6 +203,9 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(unit["device"])
     dtype = getattr(torch, unit["dtype"])
     torch.set_float32_matmul_precision(unit.get("matmul_precision", "highest"))  # peak as rows
+    from lsbench.measure.sdpa import matmul_precision
+
+    out["matmul_precision_in_force"] = matmul_precision(device)  # e.g. "high (TF32 matmul)"
     if device.type == "cuda":
         if device.index is not None and device.index >= torch.cuda.device_count():
             out["error"] = (f"device {device} does not exist ({torch.cuda.device_count()} "
