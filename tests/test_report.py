@@ -23,6 +23,7 @@ from lsbench.errors import LsbenchError
 from lsbench.report import build_report, tables
 from lsbench.report.load import load_run, normalise_rows
 from lsbench.report.plots import FIXED_STYLES, inline_svg, style
+from lsbench.report.tables import fmt_num
 
 runner = CliRunner()
 VARIANTS = ["transformer", "sdpa", "longformer", "linear", "fastformer"]
@@ -395,6 +396,11 @@ def test_end_to_end_on_real_runs(tmp_path):
     for name in ("transformer", "sdpa", "fastformer", "alibi", "sinusoidal"):
         assert name in text
     assert sum(t == "svg" for t, _ in html.tags) >= 5
+    # every perplexity's 95% interval, not only the one at L
+    ci = load_run(ext).extrapolation.query("eval_mode == 'nonoverlapping'")
+    assert "95% intervals of the perplexity" in text
+    for r in ci.itertuples():
+        assert f"{fmt_num(r.ppl_ci_low)}–{fmt_num(r.ppl_ci_high)}" in text
     res = runner.invoke(app, ["compare", str(run), str(run), "--fail-above", "1%"])
     assert res.exit_code == 0, res.output
     assert "no significant regression" in res.output

@@ -350,6 +350,8 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
         sec.tables.append(view)
         if t.ratio is not None:
             sec.tables.append(_ratio_view(t, f"{anchor}-ratio-{i}"))
+        if t.ci_low is not None and t.ci_high is not None:
+            sec.tables.append(_ci_view(t, f"{anchor}-ci-{i}"))
         export = t.ppl.reset_index().assign(train_len=t.train_len, eval_mode=t.eval_mode)
         lead = ["train_len", "eval_mode", "position"]
         sec.exports[f"extrapolation-{slug(t.eval_mode)}-L{t.train_len}"] = export[
@@ -390,6 +392,26 @@ def _ci_at(t: tables.ExtrapolationTable, pos: str) -> str:
         return ""
     lo, hi = t.ci_low.at[pos, t.train_len], t.ci_high.at[pos, t.train_len]
     return "" if pd.isna(lo) or pd.isna(hi) else f"{fmt_num(lo)}–{fmt_num(hi)}"
+
+
+def _ci_view(t: tables.ExtrapolationTable, tid: str) -> TableView:
+    """The 95% interval of every perplexity in the table above, per method and length."""
+    rows = []
+    for pos in t.ppl.index:
+        row = [Cell(pos, "name")]
+        for n in t.ppl.columns:
+            lo = t.ci_low.at[pos, n] if n in t.ci_low.columns else None
+            hi = t.ci_high.at[pos, n] if n in t.ci_high.columns else None
+            known = lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi)
+            row.append(Cell(f"{fmt_num(lo)}–{fmt_num(hi)}" if known else "—", "num"))
+        rows.append(row)
+    view = TableView(tid, f"95% intervals of the perplexity · {t.title}",
+                     ["position"] + [f"{n:,}" for n in t.ppl.columns], rows,
+                     "From the standard error of the mean loss over contiguous blocks of the "
+                     "scored tokens: two methods whose intervals overlap at a length are not "
+                     "told apart there by this evaluation.")
+    view.group = "Perplexity tables"
+    return view
 
 
 def _ratio_view(t: tables.ExtrapolationTable, tid: str) -> TableView:
