@@ -44,14 +44,15 @@ def _names() -> list:
 NAMES = _names()
 
 
-def _model(name: str, n: int, device: str) -> torch.nn.Module:
+def _model(name: str, n: int, device: str, causal: bool = False) -> torch.nn.Module:
     params = {"max_len": n} if "max_len" in REGISTRY[name].defaults else {}
     torch.manual_seed(0)
-    return build(name, D, H, **params).to(device)
+    return build(name, D, H, causal=causal, **params).to(device)
 
 
-def count_ops(name: str, batch: int, n: int, device: str = "meta") -> OpCounter:
-    model = _model(name, n, device)
+def count_ops(name: str, batch: int, n: int, device: str = "meta",
+              causal: bool = False) -> OpCounter:
+    model = _model(name, n, device, causal)
     x = torch.randn(batch, n, D, device=device)
     with torch.no_grad(), OpCounter() as counter:
         model(x)
@@ -73,6 +74,20 @@ def test_op_count_does_not_grow_with_length(name):
     assert long.total <= short.total + N_GROWTH_SLACK, (
         f"{name}: {short.total} aten ops at N=1024 but {long.total} at N=16384 "
         f"(a loop over blocks or positions?): {long.ops - short.ops}"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_op_count_flat_in_batch_and_length(name):
+    """The causal path (prefix sums, causal windows, chunked scans) is held to the same rule."""
+    if not REGISTRY[name].supports_causal:
+        pytest.skip(f"{name} has no causal form")
+    one, many = count_ops(name, 2, 1024, causal=True), count_ops(name, 64, 1024, causal=True)
+    long = count_ops(name, 2, 16384, causal=True)
+    assert one.ops == many.ops, f"{name} causal: ops differ between B=2 and B=64"
+    assert long.total <= one.total + N_GROWTH_SLACK, (
+        f"{name} causal: {one.total} aten ops at N=1024 but {long.total} at N=16384: "
+        f"{long.ops - one.ops}"
     )
 
 
