@@ -96,3 +96,29 @@ class InProcess:
 
     def close(self):
         pass
+
+
+def test_contended_rows_are_marked_and_warned_in_the_terminal(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lsbench.cli import app
+
+    def always_busy(threads):
+        class Busy:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.result = Contention(1.0, 0.6, 400, threads)
+        return Busy()
+
+    monkeypatch.setattr(timing, "_Usage", always_busy)
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    monkeypatch.setattr("lsbench.sweep.executors.LocalExecutor", InProcess)
+    res = CliRunner().invoke(app, ["run", "--variants", "fastformer", "--seq-lens", "16",
+                                   "--mode", "inference", "--threads", "1",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps the warning
+    assert "2 row(s) were timed while another process took the CPU" in text  # B=1 and B=8
+    assert "│ !0." in text  # the latency cell carries the mark

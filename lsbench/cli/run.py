@@ -217,8 +217,14 @@ def _run_sweep(plan):
     for r in outcome.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     noisy = sum(1 for r in outcome.rows if r.get("noisy"))
+    contended = sum(1 for r in outcome.rows if r.get("contended"))
     console.print("rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                   + (f"; {noisy} noisy (~, IQR/median > 10%)" if noisy else ""), highlight=False)
+    if contended:
+        err_console.print(
+            f"[yellow]warning:[/] {contended} row(s) were timed while another process took the "
+            "CPU (!, re-timed up to twice; `contention` in results.jsonl says what the OS saw); "
+            "their latency is likely too high: rerun on a quiet machine.", highlight=False)
     for name in ("run.json", "results.jsonl", "results.csv"):
         console.print(f"wrote {outcome.run_dir / name}", highlight=False)
     latest = outcome.run_dir.parent / "latest"
