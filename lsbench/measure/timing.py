@@ -61,8 +61,11 @@ class Contention:
     """CPU the process got while its blocks ran, against the wall time they took.
 
     A step preempted by another process shows involuntary context switches at a high rate
-    (a quiet core gives a few per second) and less CPU than wall time × threads. CPU time alone
-    cannot decide it: ops too small to parallelise use one thread of several on a quiet machine.
+    (a quiet core gives a few per second) *and* less CPU than wall time × threads; both are
+    required. CPU time alone cannot decide it: ops too small to parallelise use one thread of
+    several on a quiet machine. The switch rate alone cannot either: on a 2-core VM a step
+    whose 2 threads got 99% of their CPU still saw 100-180 switches/s (kernel work on the same
+    cores), while a step next to a busy loop got 55-76% at 130-220/s.
     """
 
     wall_s: float
@@ -82,7 +85,8 @@ class Contention:
     def flagged(self, t: TimingResult) -> bool:
         slow_block = (t.repeats >= MIN_SAMPLES
                       and max(t.samples_s) > SLOW_BLOCK_FACTOR * t.median_s)
-        return self.switch_rate > MAX_SWITCH_RATE or slow_block
+        starved = self.switch_rate > MAX_SWITCH_RATE and self.cpu_share < STARVED_SHARE
+        return starved or slow_block
 
     def describe(self, t: TimingResult) -> str:
         worst = max(t.samples_s) / t.median_s if t.median_s > 0 and t.samples_s else 1.0
@@ -90,7 +94,8 @@ class Contention:
                 f" of {self.threads} thread(s), slowest block {worst:.1f}x the median")
 
 
-MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy
+MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy ...
+STARVED_SHARE = 0.9  # ... and the threads got less than this share of the wall time
 SLOW_BLOCK_FACTOR = 3.0  # a block this many times the median: something else ran
 
 
