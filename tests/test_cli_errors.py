@@ -66,6 +66,7 @@ CASES = [
     ("run", lambda t: ["run", *TINY, "--threads", "two"], "--threads"),
     ("run", lambda t: ["run", *TINY, "--no-such-option"], "no such option"),
     ("report", lambda t: ["report", str(t), "--format", "pdf"], "html"),
+    ("report", lambda t: ["report", str(t), "--format", "md", "--open"], "drop --open"),
     ("extrapolate", lambda t: ["extrapolate", "--train-len", "0"], "train"),
     ("extrapolate", lambda t: ["extrapolate", "--positions", "alibbi"], "alibi"),
     ("extrapolate", lambda t: ["extrapolate", "--corpus", str(t / "missing")], "missing"),

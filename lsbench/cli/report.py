@@ -50,6 +50,9 @@ def report(
 
     from lsbench.report import build_report
 
+    if open_ and fmt is not ReportFormat.html:
+        raise LsbenchError(f"--open opens the HTML page but --format is {fmt.value}; drop "
+                           "--open, or use --format html.")
     if html and fmt is not ReportFormat.html:
         raise LsbenchError(f"--html writes an HTML page but --format is {fmt.value}; use "
                            "--out for Markdown or CSV output.")
