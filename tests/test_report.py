@@ -242,6 +242,8 @@ def test_styles_are_fixed_and_distinct():
     assert style("transformer") == FIXED_STYLES["transformer"]
     assert style("my_new_variant") == style("my_new_variant")
     assert style("my_new_variant")[0] not in {FIXED_STYLES[v][0] for v in known}
+    taken = {colour for colour, _ in FIXED_STYLES.values()}  # modern mixers' shades included
+    assert all(style(f"plugin_{i}")[0] not in taken for i in range(50))
 
 
 # --- partial, failed, empty and missing runs (CLI exit codes) ------------------------------

@@ -64,8 +64,10 @@ FIXED_STYLES: dict[str, tuple[str, str]] = {
     "fire": (matplotlib.colors.to_hex(_TAB10[8]), "X"),
     "none": (matplotlib.colors.to_hex(_TAB10[7]), "D"),
 }
-# Names outside the table: darker/lighter shades that the fixed table does not use.
-_EXTRA_COLORS = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
+# Names outside the table (plugins, new position methods): tab20b shades the fixed table does
+# not use, so a plugin never takes a built-in's colour.
+_EXTRA_COLORS = [c for c in (matplotlib.colors.to_hex(c) for c in _TAB20B)
+                 if c not in {colour for colour, _ in FIXED_STYLES.values()}]
 _EXTRA_MARKERS = ["o", "s", "^", "v", "D", "P", "h", "*", "<", ">", "p", "d"]
 FAIL_MARKERS = {"oom": "X", "skipped": "x", "timeout": "v", "error": "$!$"}
 
