@@ -78,6 +78,9 @@ def test_control_warns_when_a_method_is_not_clearly_better_than_none():
     both = rows + _rows({"alibi": 9.9, "none": 10.0}, SLIDING)
     assert "alibi" not in {w["position"] for w in control_warnings(both, 64)}
     assert control_warnings(_rows({"alibi": 20.0}), 64) == []  # no control: nothing to compare
+    # RoPE scalings re-score the rotary checkpoint: one warning for rotary, not one per scaling
+    scaled = _rows({"rotary": 9.9, "rotary+pi": 9.9, "rotary+yarn": 9.9, "none": 10.0})
+    assert [w["position"] for w in control_warnings(scaled, 64)] == ["rotary"]
 
 
 def test_ratio_and_bits_are_relative_to_the_train_length():

@@ -75,7 +75,9 @@ def control_warnings(rows: Iterable[dict], train_len: int, margin: float = CONTR
     """
     at_l: dict[str, dict[str, float]] = {}  # position -> mode -> ppl at L
     for r in rows:
-        if r["eval_len"] == train_len and r.get("ppl") is not None:
+        # "rotary+yarn" etc. re-score the rotary checkpoint: at L the scaling is the identity,
+        # so its warning would repeat rotary's once per scaling
+        if r["eval_len"] == train_len and r.get("ppl") is not None and "+" not in r["position"]:
             at_l.setdefault(r["position"], {})[r["eval_mode"]] = r["ppl"]
     ref_modes = at_l.get(CONTROL, {})
     out = []
