@@ -19,6 +19,7 @@ step short; the pieces that stand alone live in train.py, evaluate.py and analys
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -56,7 +57,7 @@ from lsbench.extrapolate.train import (
     train,
 )
 from lsbench.models import CausalLM, CausalLMConfig
-from lsbench.sweep.store import fs_error
+from lsbench.sweep.store import atomic_write, fs_error
 
 PAPER_POSITIONS = ("sinusoidal", "rotary", "t5", "alibi")
 # `none` (NoPE) is the control: a method not clearly better at L has not learned position
@@ -198,25 +199,16 @@ def _round(x: float | None) -> float | None:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-        os.replace(tmp, path)
-    except OSError as e:
-        raise fs_error(path, e, "write", RESUME) from None
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    atomic_write(path, buf.getvalue(), RESUME)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise fs_error(path, e, "write", RESUME) from None
+    atomic_write(path, json.dumps(data, indent=2, default=str), RESUME)
 
 
 def run_extrapolate(

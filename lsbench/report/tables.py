@@ -82,8 +82,7 @@ class Pivot:
     batch_size: int
     values: pd.DataFrame  # float, NaN where not ok
     status: pd.DataFrame  # "ok" / "oom" / ... ; "" where not measured
-    noisy: pd.DataFrame  # bool
-    marks: pd.DataFrame | None = None  # "" or footnote marks: † noisy, ‡ contended, ? unknown
+    marks: pd.DataFrame  # "" or footnote marks: † noisy, ‡ contended, ? spread unknown
 
     @property
     def title(self) -> str:
@@ -106,15 +105,13 @@ def pivots(rows: pd.DataFrame, value: str) -> list[Pivot]:
         cols = pd.Index(lens, name="seq_len")
         values = pd.DataFrame(np.nan, index=idx, columns=cols)
         status = pd.DataFrame("", index=idx, columns=cols)
-        noisy = pd.DataFrame(False, index=idx, columns=cols)
         marks = pd.DataFrame("", index=idx, columns=cols)
         for r in sub.dropna(subset=["seq_len"]).itertuples(index=False):
             n = int(r.seq_len)
             values.loc[r.variant, n] = getattr(r, value)
             status.loc[r.variant, n] = r.status
-            noisy.loc[r.variant, n] = bool(r.noisy)
             marks.loc[r.variant, n] = row_marks(r)
-        out.append(Pivot(mode, batch, values, status, noisy, marks))
+        out.append(Pivot(mode, batch, values, status, marks))
     return out
 
 
@@ -309,6 +306,7 @@ def contended_rows(rows: pd.DataFrame) -> pd.DataFrame:
     df = rows[rows["contended"] & (rows["status"] == "ok")]
     cols = ["variant", "mode", "batch_size", "seq_len", "latency_ms", "retimed", "contention"]
     return df[cols].reset_index(drop=True)
+
 
 def noisy_rows(rows: pd.DataFrame) -> pd.DataFrame:
     df = rows[rows["noisy"] & (rows["status"] == "ok")].copy()

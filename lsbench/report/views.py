@@ -78,8 +78,7 @@ def pivot_view(pivot: tables.Pivot, tid: str, unit: str, caption: str,
             status = pivot.status.at[variant, n]
             value = pivot.values.at[variant, n]
             if status == "ok" and pd.notna(value):
-                marks = pivot.marks.at[variant, n] if mark_noisy and pivot.marks is not None \
-                    else ""
+                marks = pivot.marks.at[variant, n] if mark_noisy else ""
                 row.append(Cell(fmt_num(value) + marks, "num noisy" if marks else "num",
                                 float(value)))
             elif status in ("", None):

@@ -134,7 +134,7 @@ class RunStore:
         return info
 
     def write_info(self, info: dict[str, Any]) -> None:
-        _atomic_write(self.run_json, json.dumps(info, indent=2, default=str) + "\n")
+        atomic_write(self.run_json, json.dumps(info, indent=2, default=str) + "\n")
 
     def repair_tail(self) -> bool:
         """Cut a truncated last line (a run killed mid-write) so appends start on a new line."""
@@ -175,7 +175,7 @@ class RunStore:
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-        _atomic_write(self.csv, buf.getvalue())
+        atomic_write(self.csv, buf.getvalue())
 
 
 def _csv_cell(v: Any) -> Any:
@@ -207,8 +207,9 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, warnings
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a whole file or nothing: the old file stays intact if writing fails."""
+def atomic_write(path: Path, text: str, resume: str | None = None) -> None:
+    """Write a whole file or nothing: the old file stays intact if writing fails (`resume`:
+    how to continue after the disk fills, see `fs_error`)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -219,7 +220,7 @@ def _atomic_write(path: Path, text: str) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise fs_error(path, e, "write") from None
+        raise fs_error(path, e, "write", resume or RUN_RESUME) from None
 
 
 FS_FIXES = {
