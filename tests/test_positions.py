@@ -195,38 +195,144 @@ def test_long_window_never_builds_a_full_score_matrix():
     assert mem.peak_mib < full_scores_mib / 4
 
 
-def naive_attention(attn, pe, x):
-    """softmax(q·k/√Dh + bias + causal mask)·v written out in full, as the reference."""
-    from lsbench.positions.base import relative_distance
+# --- attention with each position method against a reference written from its paper ---------
+# The reference never calls the position module: it restates each formula (from the paper and
+# the code its authors published) and reads only the module's *learned* values (KERPLE's r1/r2,
+# FIRE's c, threshold multiplier and MLP weights, T5's table). Float64 throughout, so the two
+# sides differ only by rounding (~1e-16 per op, summed over Dh and N keys): 1e-10 is loose for
+# that and far below the smallest effect a broken formula has (>= 1e-4 in these cases).
+# name -> (d_model, n_heads, train_len, N, extra position params); N > train_len wherever a
+# method changes past L (FIRE's max(i, L), the RoPE scalings' s = N/L), and head_dim 32 for the
+# RoPE scalings: YaRN's ramp then runs from pair 1 to pair 8 (pairs strictly between "kept" and
+# "interpolated"), and doubling β_fast or β_slow moves its ends.
+REFERENCE_CASES = {
+    "none": (16, 4, 48, 37, {}),
+    "rotary": (32, 2, 48, 37, {}),
+    "t5": (16, 4, 48, 37, {}),
+    "alibi": (16, 4, 48, 37, {}),
+    "xpos": (32, 2, 48, 37, {}),  # scale_base: the paper's 512
+    "kerple_log": (16, 4, 48, 37, {}),
+    "kerple_power": (16, 4, 48, 37, {}),
+    "fire": (16, 4, 16, 37, {}),  # L = 16 < i for most queries: the normaliser is ψ(i)
+    "rope_pi": (32, 1, 512, 1100, {}),  # s = 1100/512
+    "rope_ntk": (32, 1, 512, 1100, {}),
+    "rope_yarn": (32, 1, 512, 1100, {}),
+}
+BASE = 10000.0
 
+
+def rotate(x, angle):
+    """Turn pair i = (x_i, x_{i+Dh/2}) (GPT-NeoX layout), as the complex x_i + j·x_{i+Dh/2}, by
+    angle (N, Dh/2): x (B, H, N, Dh)."""
+    h = x.shape[-1] // 2
+    z = torch.complex(x[..., :h], x[..., h:]) * torch.exp(1j * angle)
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
+def reference_qk(name, q, k, d, L):
+    """q, k (B, H, N, Dh) rotated/scaled as the method's paper and reference code define it."""
+    N = q.shape[2]
+    m = torch.arange(N, dtype=torch.float64)[:, None]  # (N, 1)
+    i = torch.arange(d // 2, dtype=torch.float64)  # pair index
+    theta = BASE ** (-2 * i / d)  # RoFormer: θ_i = 10000^(-2i/d)
+    s = max(1.0, N / L)
+    q_scale = k_scale = 1.0
+    if name in ("rotary", "xpos"):
+        angle = m * theta
+    elif name == "rope_pi":  # Chen et al. eq. 4: position m -> m·L/L'
+        angle = m / s * theta
+    elif name == "rope_ntk":  # bloc97, YaRN eq. 16: base' = base · s^(d/(d-2))
+        angle = m * (BASE * s ** (d / (d - 2))) ** (-2 * i / d)
+    elif name == "rope_yarn":  # HF _compute_yarn_parameters (β_fast 32, β_slow 1)
+        def corr(turns):
+            return d * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(BASE))
+        low, high = max(math.floor(corr(32)), 0), min(math.ceil(corr(1)), d - 1)
+        extrapolate = 1 - ((i - low) / (high - low)).clamp(0, 1)
+        angle = m * (theta / s * (1 - extrapolate) + theta * extrapolate)
+        q_scale = k_scale = 0.1 * math.log(s) + 1  # on cos and sin, so on both q and k
+    else:
+        return q, k
+    q, k = rotate(q, angle), rotate(k, angle)
+    if name == "xpos":  # torchscale XPOS: ζ_i = (2i + 0.4d)/(1.4d), q·ζ^(m/512), k·ζ^(-n/512)
+        zeta = (2 * i + 0.4 * d) / (1.4 * d)
+        up = torch.cat((zeta, zeta)) ** (m / 512)  # (N, Dh): both members of a pair
+        q_scale, k_scale = up, 1 / up
+    return q * q_scale, k * k_scale
+
+
+def reference_bias(name, pe, N):
+    """(H, N, N) additive bias for query i, key j <= i (Δ = i - j), or 0."""
+    i = torch.arange(N, dtype=torch.float64)
+    delta = (i[:, None] - i[None, :]).clamp(min=0)  # (N, N)
+    if name == "alibi":
+        slopes = torch.tensor(official_alibi_slopes(pe.n_heads), dtype=torch.float64)
+        return -slopes[:, None, None] * delta
+    if name == "t5":
+        table = pe.emb.weight.double()[[t5_bucket_formula(n) for n in range(N)]]  # (N, H)
+        return table[delta.long()].permute(2, 0, 1)
+    if name in ("kerple_log", "kerple_power"):  # official clamps: r >= 0.01, power <= 2
+        r1 = pe.r1.double().clamp(min=0.01)[:, None, None]
+        if name == "kerple_log":  # ParallelKerpleLog: -p·log(1 + a·Δ)
+            return -r1 * torch.log(1 + pe.r2.double().clamp(min=0.01)[:, None, None] * delta)
+        return -r1 * delta ** pe.r2.double().clamp(0.01, 2)[:, None, None]  # -a·Δ^p
+    if name == "fire":  # Li et al. eq. 3-4: f(ψ(Δ)/ψ(max(i, L))), ψ(x) = log(|c·x| + 1)
+        c, threshold = pe.c.double(), abs(pe.l_mult.double() * pe.params["train_len"])
+        x = torch.log(abs(c * delta) + 1) / (
+            torch.log(abs(c * torch.maximum(i, threshold)) + 1)[:, None] + 1e-6)
+        w1, b1 = pe.mlp[0].weight.double(), pe.mlp[0].bias.double()  # (W, 1), (W,)
+        w2, b2 = pe.mlp[2].weight.double(), pe.mlp[2].bias.double()  # (H, W), (H,)
+        return (torch.relu(x[..., None] * w1[:, 0] + b1) @ w2.T + b2).permute(2, 0, 1)
+    return 0.0
+
+
+def reference_attention(attn, name, pe, x, L):
+    """softmax(q·k/√Dh + bias + causal mask)·v, every position formula written out."""
     B, N, D = x.shape
-    pos = torch.arange(N)
     q, k, v = (t.view(B, N, pe.n_heads, -1).transpose(1, 2) for t in attn.qkv(x).chunk(3, -1))
-    if pe.kind == "rotary":
-        q, k = pe(q, pos), pe(k, pos, is_key=True)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(pe.head_dim)  # (B, H, N, N)
-    dist = relative_distance(pos, pos)
-    if pe.name == "alibi":
-        scores = scores - alibi_slopes(pe.n_heads)[:, None, None] * dist
-    elif pe.name == "t5":
-        scores = scores + pe.emb.weight[relative_position_bucket(dist)].permute(2, 0, 1)
-    elif pe.kind == "bias":  # formulas tested on their own in test_new_positions.py
-        scores = scores + pe(pos, pos)
-    scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))
+    q, k = reference_qk(name, q, k, pe.head_dim, L)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(pe.head_dim) + reference_bias(name, pe, N)
+    scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
     return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, D))
 
 
-@pytest.mark.parametrize("name", ["none", "rotary", "t5", "alibi", "xpos", "kerple_log",
-                                  "kerple_power", "fire", "rope_yarn"])
-@pytest.mark.parametrize("chunk_elems", [2**24, 4 * 37 * 5])
-def test_attention_equals_naive_reference(name, chunk_elems):
-    model = tiny_lm(name, chunk_elems=chunk_elems)
+def reference_case_lm(name, chunk_rows=None):
+    d_model, n_heads, train_len, n, params = REFERENCE_CASES[name]
+    torch.manual_seed(0)
+    model = CausalLM(CausalLMConfig(
+        name, d_model=d_model, n_heads=n_heads, n_layers=1, train_len=train_len,
+        position_params=params,
+        attn_chunk_elems=n_heads * n * chunk_rows if chunk_rows else 2**24)).double().eval()
     attn = model.blocks[0].attn
-    x = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(4))
-    pos = torch.arange(37)
+    # scores of order 1-10 (the LM's init gives ~1e-3, where a wrong position formula changes
+    # the output by less than float rounding): the position terms must decide the weights
+    torch.nn.init.normal_(attn.qkv.weight, std=0.5)
+    with torch.no_grad():
+        if name == "t5":
+            torch.nn.init.normal_(model.pe.emb.weight)
+        if name == "fire":  # away from the initial values, so c and L are read, not assumed
+            model.pe.c.fill_(0.3)
+            model.pe.l_mult.fill_(1.25)
+    return model, n
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CASES))
+@pytest.mark.parametrize("chunk_rows", [None, 5])  # one call, or query chunks of 5 rows
+def test_attention_equals_reference_written_from_the_paper(name, chunk_rows):
+    model, n = reference_case_lm(name, chunk_rows)
+    attn = model.blocks[0].attn
+    x = torch.randn(2, n, attn.qkv.in_features, generator=torch.Generator().manual_seed(4),
+                    dtype=torch.float64)
+    pos = torch.arange(n)
     with torch.no_grad():
         got = attn(x, model.pe, pos, model._bias_fn(pos, x.dtype))
-        torch.testing.assert_close(got, naive_attention(attn, model.pe, x), atol=1e-6, rtol=1e-5)
+        ref = reference_attention(attn, name, model.pe, x, model.cfg.train_len)
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_reference_cases_cover_every_relative_method():
+    """A new bias or rotary method must get a reference here, not pass by default."""
+    relative = {n for n, c in positions.REGISTRY.items() if c.kind in ("bias", "rotary")}
+    assert relative <= set(REFERENCE_CASES)
 
 
 def test_same_seed_gives_every_method_the_same_shared_weights():
