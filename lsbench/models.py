@@ -15,6 +15,7 @@ from torch import nn
 
 from lsbench import positions, variants
 from lsbench.errors import LsbenchError
+from lsbench.positions.xpos_bca import blockwise_causal_attention
 
 
 @dataclass
@@ -63,6 +64,20 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), mask=mask)
         return x + self.ffn(self.ln2(x))
 
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        if self.sublayer_only:
+            return self.attn.prefill(x, capacity)
+        a, state = self.attn.prefill(self.ln1(x), capacity)
+        x = x + a
+        return x + self.ffn(self.ln2(x)), state
+
+    def step(self, x_t: torch.Tensor, state):
+        if self.sublayer_only:
+            return self.attn.step(x_t, state)
+        a, state = self.attn.step(self.ln1(x_t), state)
+        x_t = x_t + a
+        return x_t + self.ffn(self.ln2(x_t)), state
+
 
 class Encoder(nn.Module):
     """n_layers blocks over already-embedded inputs (B, N, D) -> (B, N, D)."""
@@ -77,6 +92,23 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        """Causal forward over (B, N, D) that also returns each layer's decoding state
+        (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens."""
+        states = []
+        for block in self.blocks:
+            x, state = block.prefill(x, capacity)
+            states.append(state)
+        return self.ln_f(x), states
+
+    def step(self, x_t: torch.Tensor, states: list):
+        """One token (B, 1, D) at the depth the states hold -> (y_t, the states one deeper)."""
+        new = []
+        for block, state in zip(self.blocks, states, strict=True):
+            x_t, state = block.step(x_t, state)
+            new.append(state)
+        return self.ln_f(x_t), new
 
     def flops(self, batch_size: int, seq_len: int, computed: bool = False) -> float:
         """Analytic forward FLOPs: attention sublayer (from the variant) + FFN, per layer.
@@ -153,7 +185,10 @@ class CausalSelfAttention(nn.Module):
         )
         if pe.kind == "rotary":
             q, k = pe(q, pos), pe(k, pos, is_key=True)
-        if pe.kind != "bias":
+        block = pe.attention_block(N) if pe.kind != "bias" else None
+        if block is not None:  # eval-time blockwise causal attention: O(N·block) scores
+            y = blockwise_causal_attention(q, k, v, block, self.chunk_elems)
+        elif pe.kind != "bias":
             # flash / memory-efficient kernels: O(N) memory, no N×N tensor at any length
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

@@ -17,6 +17,7 @@ from torch import nn
 
 from lsbench.errors import LsbenchError
 from lsbench.measure.flops import linear_flops
+from lsbench.variants._decode import Decoder
 
 REGISTRY: dict[str, type[Variant]] = {}
 COUNTS = ("flops", "computed_flops", "mem_elems")
@@ -35,8 +36,12 @@ def count(cls: type[Variant], what: str, batch_size: int, seq_len: int, d_model:
     return method(*args, causal=causal) if takes_causal else method(*args)
 
 
-class Variant(nn.Module):
-    """Base class; subclasses with a `name` register themselves in `REGISTRY`."""
+class Variant(Decoder, nn.Module):
+    """Base class; subclasses with a `name` register themselves in `REGISTRY`.
+
+    Incremental decoding (`prefill`, `step`, `state_bytes`) comes from `Decoder`
+    (lsbench.variants._decode); by default a variant says it has no incremental form.
+    """
 
     name: ClassVar[str] = ""
     method: ClassVar[str] = ""  # one line: what it computes

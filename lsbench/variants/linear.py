@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lsbench.measure.flops import linear_flops
+from lsbench.variants._decode import CaptureQKV, Decoder, DecodeState, heads
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 EPS = 1e-6
@@ -155,3 +156,37 @@ class Linear(QKVAttention):
         else:
             y = linear_attention(q, k, v)  # (B, H, N, Dh)
         return self.out(merge_heads(y.to(x.dtype)))  # (B, N, D)
+
+    # --- incremental decoding: the paper's RNN form (§3.4), S_i = S_{i-1} + φ(k_i)vᵀ_i ---------
+
+    def decode_check(self) -> None:
+        if not self.causal:
+            Decoder.decode_check(self)
+
+    def prefill(self, x, capacity=None):
+        """The causal forward, then the state after its last token: S = Σ φ(k)vᵀ, z = Σ φ(k)
+        in `accum_dtype` (one O(N·D·Dh) pass over the captured keys and values)."""
+        self.decode_check()
+        with CaptureQKV(self.qkv) as cap:
+            y = self(x)
+        _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
+        acc = accum_dtype(x.dtype)
+        k, v = feature_map(k).to(acc), v.to(acc)
+        state = {"s": k.transpose(-2, -1) @ v, "z": k.sum(dim=-2)}  # (B, H, Dh, Dh), (B, H, Dh)
+        return y, DecodeState(state, pos=x.shape[1])
+
+    def step(self, x_t, state):
+        q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
+        acc = accum_dtype(x_t.dtype)
+        q, k, v = feature_map(q).to(acc), feature_map(k).to(acc), v.to(acc)
+        s = state.tensors["s"] + k.transpose(-2, -1) @ v  # (B, H, Dh, Dh)
+        z = state.tensors["z"] + k[:, :, 0]  # (B, H, Dh)
+        y = (q @ s) / (q @ z.unsqueeze(-1) + EPS)  # (B, H, 1, Dh)
+        out = self.out(merge_heads(y.to(x_t.dtype)))
+        return out, DecodeState({"s": s, "z": z}, pos=state.pos + 1)
+
+    @classmethod
+    def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
+        head_dim = d_model // n_heads
+        acc_bytes = max(elem_bytes, 4)  # the state is kept in float32 for half inputs
+        return n_heads * head_dim * (head_dim + 1) * acc_bytes  # S and z, at any depth

@@ -21,6 +21,7 @@ import torch
 from lsbench.errors import LsbenchError
 from lsbench.measure.flops import attention_flops, band_pairs, linear_flops
 from lsbench.variants._blocks import sliding_window_attention
+from lsbench.variants._decode import WindowCacheDecoder
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 
@@ -33,7 +34,7 @@ def query_block(window: int, seq_len: int) -> int:
     return min(max(16, 1 << max(0, window.bit_length() - 2)), max(seq_len, 1))
 
 
-class Local(QKVAttention):
+class Local(WindowCacheDecoder, QKVAttention):
     name = "local"
     method = "sliding window of ±w tokens (no global tokens), blocked fused SDPA"
     paper = "Beltagy et al. 2020 (sliding window), https://arxiv.org/abs/2004.05150"

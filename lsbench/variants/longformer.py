@@ -40,10 +40,11 @@ from lsbench.variants._blocks import (
     key_validity,
     sliding_window_attention,
 )
+from lsbench.variants._decode import DecodeUnsupported, WindowCacheDecoder
 from lsbench.variants.transformer import QKVAttention, merge_heads, split_heads
 
 
-class Longformer(QKVAttention):
+class Longformer(WindowCacheDecoder, QKVAttention):
     name = "longformer"
     method = "sliding window of ±w tokens + optional symmetric global tokens"
     paper = "Beltagy et al. 2020, Longformer, https://arxiv.org/abs/2004.05150"
@@ -59,6 +60,13 @@ class Longformer(QKVAttention):
         if self.global_tokens:
             # rows [0:D) query_global, [D:2D) key_global, [2D:3D) value_global
             self.qkv_global = nn.Linear(d_model, 3 * d_model)
+
+    def decode_check(self) -> None:
+        super().decode_check()
+        if self.global_tokens:  # a window ring cannot hold keys that stay visible forever
+            raise DecodeUnsupported(
+                "variant 'longformer' decodes with global_tokens=0 only (a window cache); "
+                "global tokens would need their own cache, which is not implemented.")
 
     @classmethod
     def check_params(cls, d_model: int, n_heads: int, params: dict[str, Any]) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from lsbench.variants._decode import KVCacheDecoder
 from lsbench.variants.transformer import QKVAttention, Transformer, merge_heads, score_mask
 
 
-class SDPA(QKVAttention):
+class SDPA(KVCacheDecoder, QKVAttention):
     name = "sdpa"
     method = "fused softmax attention (torch scaled_dot_product_attention)"
     paper = "Dao et al. 2022 (FlashAttention), https://arxiv.org/abs/2205.14135"

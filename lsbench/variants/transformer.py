@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsbench.measure.flops import attention_flops, full_pairs, linear_flops
+from lsbench.variants._decode import KVCacheDecoder
 from lsbench.variants.base import Variant
 
 
@@ -50,13 +51,14 @@ class QKVAttention(Variant):
         return tuple(split_heads(t, self.n_heads) for t in (q, k, v))  # 3 × (B, H, N, Dh)
 
 
-class Transformer(QKVAttention):
+class Transformer(KVCacheDecoder, QKVAttention):
     name = "transformer"
     method = "full softmax attention, N×N scores materialised"
     paper = "Vaswani et al. 2017, https://arxiv.org/abs/1706.03762"
     time_complexity = "O(N²·D)"
     memory_complexity = "O(H·N²)"
     accepts_bias = True
+    decode_kernel = "math"  # decode step: explicit softmax over the cached keys, as forward
 
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):

@@ -1,0 +1,186 @@
+"""Incremental decoding: `prefill(x) -> (y, state)` and `step(x_t, state) -> (y_t, state)`.
+
+What one generated token costs when N tokens are already in context depends on what the context
+is kept as: a KV cache that grows with N (`transformer`, `sdpa`), a window cache of w + 1 keys
+(`local`, causal `longformer`), or a recurrent state of fixed size (`linear`, `performer`,
+`mamba2`). A variant with an incremental form mixes in one of the classes below; prefill over N
+tokens then one `step` per token reproduces the causal full forward (tests/test_decode.py).
+
+- A state is tensors plus the number of tokens it holds (`pos`, a Python int: host-side
+  bookkeeping, so a step needs no host sync and slices the cache to the actual depth, never to
+  its capacity — timing attention over allocated capacity is the known pitfall).
+- `step` writes the new token's keys/values in place and returns a state with `pos + 1`; the
+  input state object keeps its `pos`, so calling `step` again on it re-decodes the same token at
+  the same depth (what the timer does: per-token latency at a fixed depth).
+- KV caches are preallocated at prefill to `capacity` tokens (default: the prefill length), so
+  decoding never reallocates.
+
+Shape legend: B batch, N prefill length, D d_model, H heads, Dh head dim, P cache capacity,
+w one-sided window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from lsbench.errors import LsbenchError
+
+
+class DecodeUnsupported(LsbenchError):
+    """The variant (or this configuration of it) has no incremental form; says why."""
+
+
+@dataclass
+class DecodeState:
+    """The context one layer keeps between tokens: named tensors and the tokens they hold."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    pos: int = 0  # tokens in context
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the state's tensors (measured from the tensors, not from a formula)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def advanced(self) -> DecodeState:
+        return replace(self, pos=self.pos + 1)
+
+
+class CaptureQKV:
+    """Collects the fused q/k/v projection's output while the module's own forward runs, so a
+    prefill is exactly the causal forward plus the copy into the cache (no second projection)."""
+
+    def __init__(self, linear: torch.nn.Module):
+        self.linear, self.out = linear, None
+
+    def __enter__(self) -> CaptureQKV:
+        self.handle = self.linear.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, module, args, output) -> None:
+        self.out = output
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    B, N, D = t.shape
+    return t.view(B, N, n_heads, D // n_heads).transpose(1, 2)  # (B, H, N, Dh)
+
+
+class Decoder:
+    """Mixin interface; the default says the variant has no incremental form."""
+
+    decode_unsupported = ("it has no causal incremental form (its mixing of a token depends on "
+                          "tokens after it)")
+
+    def decode_check(self) -> None:
+        """Raise DecodeUnsupported with the reason when this module cannot decode."""
+        if not getattr(self, "causal", False):
+            raise DecodeUnsupported(f"variant {self.name!r}: decoding needs causal=True.")
+        raise DecodeUnsupported(f"variant {self.name!r} cannot decode: {self.decode_unsupported}.")
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        self.decode_check()
+
+    def step(self, x_t: torch.Tensor, state: DecodeState):
+        self.decode_check()
+
+    @classmethod
+    def state_bytes(cls, depth: int, d_model: int, n_heads: int, params: dict,
+                    elem_bytes: int) -> float | None:
+        """Analytic bytes of one sequence's state at `depth` tokens (per layer), or None."""
+        return None
+
+
+class KVCacheDecoder(Decoder):
+    """Full causal attention over a preallocated KV cache (transformer, sdpa).
+
+    `decode_kernel`: "sdpa" attends with `scaled_dot_product_attention`, "math" with the
+    explicit softmax(q·Kᵀ/√Dh)·V the materialising baseline uses.
+    """
+
+    decode_kernel = "sdpa"
+
+    def decode_check(self) -> None:
+        if not self.causal:
+            super().decode_check()
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        self.decode_check()
+        B, N, D = x.shape
+        P = max(N, capacity or N)
+        with CaptureQKV(self.qkv) as cap:
+            y = self(x)
+        _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
+        cache = k.new_empty(2, B, self.n_heads, P, self.head_dim)  # K and V, one allocation
+        cache[0, :, :, :N] = k
+        cache[1, :, :, :N] = v
+        return y, DecodeState({"kv": cache}, pos=N)
+
+    def step(self, x_t: torch.Tensor, state: DecodeState):
+        q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
+        kv, pos = state.tensors["kv"], state.pos
+        if pos >= kv.shape[3]:
+            raise LsbenchError(f"KV cache full: capacity {kv.shape[3]} tokens; prefill with a "
+                               f"larger capacity.")
+        kv[0, :, :, pos] = k[:, :, 0]
+        kv[1, :, :, pos] = v[:, :, 0]
+        keys, values = kv[0, :, :, :pos + 1], kv[1, :, :, :pos + 1]  # (B, H, pos+1, Dh)
+        y = self._attend(q, keys, values)  # (B, H, 1, Dh)
+        return self.out(y.transpose(1, 2).reshape(x_t.shape)), state.advanced()
+
+    def _attend(self, q, keys, values):
+        if self.decode_kernel == "sdpa":
+            return F.scaled_dot_product_attention(q, keys, values)
+        scores = q @ keys.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, 1, pos+1)
+        return F.softmax(scores, dim=-1) @ values
+
+    @classmethod
+    def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
+        return 2.0 * depth * d_model * elem_bytes  # K and V, D per token each
+
+
+class WindowCacheDecoder(KVCacheDecoder):
+    """Causal sliding window i-w … i over a ring buffer of w + 1 keys (local, longformer).
+
+    Token p lives in slot p mod (w + 1); softmax attention is invariant to the order of its keys
+    and these variants add no position information inside attention, so the ring needs no
+    reordering. Memory stays w + 1 tokens at any depth.
+    """
+
+    def _window(self) -> int:
+        return int(self.params["window"])
+
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        self.decode_check()
+        B, N, D = x.shape
+        W = self._window() + 1
+        with CaptureQKV(self.qkv) as cap:
+            y = self(x)
+        _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
+        ring = k.new_zeros(2, B, self.n_heads, W, self.head_dim)
+        keep = min(N, W)
+        slots = torch.arange(N - keep, N, device=x.device) % W  # the last w + 1 tokens' slots
+        ring[0, :, :, slots] = k[:, :, N - keep:]
+        ring[1, :, :, slots] = v[:, :, N - keep:]
+        return y, DecodeState({"kv": ring}, pos=N)
+
+    def step(self, x_t: torch.Tensor, state: DecodeState):
+        q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
+        ring, pos = state.tensors["kv"], state.pos
+        W = ring.shape[3]
+        slot, filled = pos % W, min(pos + 1, W)
+        ring[0, :, :, slot] = k[:, :, 0]
+        ring[1, :, :, slot] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, ring[0, :, :, :filled], ring[1, :, :, :filled])
+        return self.out(y.transpose(1, 2).reshape(x_t.shape)), state.advanced()
+
+    @classmethod
+    def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
+        return 2.0 * (params["window"] + 1) * d_model * elem_bytes  # the ring, at any depth
