@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lsbench.errors import LsbenchError
 from lsbench.measure.flops import attention_flops, linear_flops
@@ -23,7 +24,7 @@ from lsbench.variants import _flex, build
 from lsbench.variants.flex_causal import FlexCausal
 from lsbench.variants.flex_window import FlexWindow
 from lsbench.variants.local import Local
-from lsbench.variants.mamba2 import Mamba2, ssd_chunked, ssd_recurrent
+from lsbench.variants.mamba2 import Mamba2, ssd_chunked
 from lsbench.variants.nystromformer import Nystromformer
 from lsbench.variants.performer import Performer, orthogonal_features
 from lsbench.variants.transformer import merge_heads
@@ -309,6 +310,18 @@ def test_flex_on_cuda_equals_local_and_sdpa(causal):
 # --- mamba2 ---------------------------------------------------------------------------------
 
 
+def ssd_sequential(X, dA, Bm, Cm):
+    """The SSM one token at a time (float64 reference; no code shared with `ssd_chunked`)."""
+    Bsz, N, H, P = X.shape
+    h = X.new_zeros(Bsz, H, P, Bm.shape[-1])  # (B, H, P, S), as the official step's ssm_state
+    ys = []
+    for t in range(N):
+        h = h * torch.exp(dA[:, t])[:, :, None, None] + torch.einsum(
+            "bhp,bn->bhpn", X[:, t], Bm[:, t])
+        ys.append(torch.einsum("bhpn,bn->bhp", h, Cm[:, t]))
+    return torch.stack(ys, dim=1)
+
+
 def ssd_inputs(n: int, dtype=torch.float64):
     B, H, P, S = 2, 3, 4, 5
     return (randn(B, n, H, P, seed=1, dtype=dtype), -2 * torch.rand(
@@ -320,42 +333,99 @@ def ssd_inputs(n: int, dtype=torch.float64):
 @pytest.mark.parametrize("chunk", [1, 8, 32, 256])
 def test_ssd_chunked_equals_the_recurrence(n, chunk):
     X, dA, Bm, Cm = ssd_inputs(n)
-    torch.testing.assert_close(ssd_chunked(X, dA, Bm, Cm, chunk), ssd_recurrent(X, dA, Bm, Cm),
+    torch.testing.assert_close(ssd_chunked(X, dA, Bm, Cm, chunk), ssd_sequential(X, dA, Bm, Cm),
                                atol=1e-10, rtol=1e-9)
 
 
 def test_ssd_chunked_float32_stays_close():
     X, dA, Bm, Cm = ssd_inputs(300, torch.float32)
-    ref = ssd_recurrent(*(t.double() for t in (X, dA, Bm, Cm))).float()
+    ref = ssd_sequential(*(t.double() for t in (X, dA, Bm, Cm))).float()
     torch.testing.assert_close(ssd_chunked(X, dA, Bm, Cm, 64), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_mamba2_layer_uses_the_recurrence():
-    """The whole layer with the chunked SSD swapped for the recurrence gives the same output."""
-    import lsbench.variants.mamba2 as mod
+def official_mamba2_weights(m) -> dict[str, torch.Tensor]:
+    """Our parameters under mamba_ssm `Mamba2`'s names (norm = its gated RMSNorm)."""
+    return {"in_proj.weight": m.in_proj.weight, "conv1d.weight": m.conv1d.weight,
+            "conv1d.bias": m.conv1d.bias, "dt_bias": m.dt_bias, "A_log": m.A_log, "D": m.D,
+            "norm.weight": m.norm_weight, "out_proj.weight": m.out_proj.weight}
 
-    m = make("mamba2", d=32, h=4, chunk=16)
-    x = randn(2, 50, 32)
+
+def official_mamba2_forward(w: dict[str, torch.Tensor], u: torch.Tensor, headdim: int = 64,
+                            d_state: int = 128) -> torch.Tensor:
+    """mamba_ssm `Mamba2.forward` restated (ngroups 1, rmsnorm, norm_before_gate=False), with the
+    SSD as the sequential recurrence of `Mamba2.step`, written from the official code, not ours.
+    """
+    B, N, _ = u.shape
+    H = w["A_log"].shape[0]
+    d_inner = H * headdim
+    zxbcdt = u @ w["in_proj.weight"].t()  # order [z, x, B, C, dt]
+    z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * d_state, H], dim=-1)
+    kernel = w["conv1d.weight"][:, 0, :]  # (channels, d_conv): causal depthwise conv
+    K = kernel.shape[-1]
+    past = torch.cat([xBC.new_zeros(B, K - 1, xBC.shape[-1]), xBC], dim=1)
+    conv = w["conv1d.bias"] + sum(past[:, k:k + N] * kernel[:, k] for k in range(K))
+    xBC = conv * torch.sigmoid(conv)  # SiLU
+    x, Bm, Cm = xBC.split([d_inner, d_state, d_state], dim=-1)
+    dt = F.softplus(dt + w["dt_bias"])  # (B, N, H)
+    A = -torch.exp(w["A_log"])
+    state = u.new_zeros(B, H, headdim, d_state)
+    ys = []
+    for t in range(N):
+        xt = x[:, t].reshape(B, H, headdim)
+        dA = torch.exp(dt[:, t] * A)  # (B, H)
+        dBx = torch.einsum("bh,bn,bhp->bhpn", dt[:, t], Bm[:, t], xt)
+        state = state * dA[:, :, None, None] + dBx
+        y = torch.einsum("bhpn,bn->bhp", state, Cm[:, t]) + w["D"][:, None] * xt
+        ys.append(y.reshape(B, d_inner))
+    y = torch.stack(ys, dim=1)
+    y = y * (z * torch.sigmoid(z))  # gate first (norm_before_gate=False) ...
+    y = y / torch.sqrt((y * y).mean(-1, keepdim=True) + 1e-5) * w["norm.weight"]  # ... then norm
+    return y @ w["out_proj.weight"].t()
+
+
+def test_mamba2_has_the_official_layout_whatever_n_heads():
+    """d_model 256: 8 heads of 64 channels (expand 2, headdim 64), as mamba_ssm `Mamba2`; the
+    suite's n_heads changes nothing."""
+    shapes = {}
+    for n_heads in (4, 16):
+        m = build("mamba2", d_model=256, n_heads=n_heads)
+        assert m.ssd_n_heads == 8 and m.head_dim == 64
+        shapes[n_heads] = {k: tuple(v.shape) for k, v in official_mamba2_weights(m).items()}
+    assert shapes[4] == shapes[16]
+    assert shapes[4] == {"in_proj.weight": (2 * 512 + 2 * 128 + 8, 256),
+                         "conv1d.weight": (512 + 2 * 128, 1, 4), "conv1d.bias": (768,),
+                         "dt_bias": (8,), "A_log": (8,), "D": (8,), "norm.weight": (512,),
+                         "out_proj.weight": (256, 512)}
+    assert Mamba2.defaults == {"d_state": 128, "expand": 2, "d_conv": 4, "headdim": 64,
+                               "chunk": 256}
+    assert build("mamba2", d_model=256, n_heads=4, headdim=128).ssd_n_heads == 4
+    with pytest.raises(LsbenchError, match="headdim"):
+        build("mamba2", d_model=16, n_heads=4)  # expand·d_model = 32 < 64
+
+
+@pytest.mark.parametrize("chunk", [16, 256])
+def test_mamba2_layer_equals_the_official_forward(chunk):
+    """Whole layer, copied weights, float64 on both sides: the chunked SSD and the sequential
+    recurrence differ only in summation order (~1e-15 relative), so 1e-9 is loose."""
+    m = make("mamba2", d=64, h=4, chunk=chunk).double()  # 2 heads of 64, d_state 128
     with torch.no_grad():
-        y = m(x)
-        original = mod.ssd_chunked
-        mod.ssd_chunked = lambda X, dA, Bm, Cm, chunk: ssd_recurrent(X, dA, Bm, Cm)
-        try:
-            torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
-        finally:
-            mod.ssd_chunked = original
+        m.D.copy_(torch.linspace(0.5, 1.5, 2))  # not all ones: D must be per head
+        m.norm_weight.copy_(1 + 0.1 * randn(128, seed=5, dtype=torch.float64))
+        x = randn(2, 50, 64, dtype=torch.float64)
+        expected = official_mamba2_forward(official_mamba2_weights(m), x)
+        torch.testing.assert_close(m(x), expected, atol=1e-9, rtol=1e-9)
 
 
 def test_mamba2_flops_hand_count():
-    p = dict(Mamba2.defaults, d_state=4, chunk=8)
-    B, N, D, H = 1, 20, 8, 2
+    p = dict(Mamba2.defaults, d_state=4, chunk=8, headdim=8)
+    B, N, D, H = 1, 20, 8, 2  # E = 16, heads = E / headdim = 2
     E, S = 16, 4
     layer = 2 * B * N * D * (2 * E + 2 * S + H) + 2 * B * N * (E + 2 * S) * 4 + 2 * B * N * E * D
-    assert Mamba2.flops(B, N, D, H, p) == layer + 4 * B * N * E * S
+    assert Mamba2.flops(B, N, D, 7, p) == layer + 4 * B * N * E * S  # n_heads (7) is ignored
     M, padded = 3, 24  # 20 tokens in chunks of 8
     chunked = (2 * padded * 8 * S + 2 * padded * 8 * E + 4 * padded * S * E
                + 2 * B * M * M * S * E)
-    assert Mamba2.computed_flops(B, N, D, H, p) == layer + chunked
+    assert Mamba2.computed_flops(B, N, D, 7, p) == layer + chunked
     assert Mamba2.flops(B, N, D, H, p, causal=True) == Mamba2.flops(B, N, D, H, p)
 
 

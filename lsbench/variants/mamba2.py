@@ -2,12 +2,19 @@
 
 Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through
 Structured State Space Duality", https://arxiv.org/abs/2405.21060 (official code:
-state-spaces/mamba, `Mamba2Simple` for the layer, `ssd_minimal.py` / `ssd_combined.py`'s
-reference functions for the algorithm).
+state-spaces/mamba, the `Mamba2` class of `mamba_ssm/modules/mamba2.py` for the layer,
+`ssd_minimal.py` for the chunked algorithm).
 
-Layer (as `Mamba2Simple`, ngroups = 1): in_proj(x) -> z, xBC, dt; xBC <- silu(causal depthwise
-conv(xBC), kernel `d_conv`); x, B, C = split(xBC); dt <- softplus(dt + dt_bias); per head h
-(P = expand·D / H channels) the scalar-decay SSM
+Layout and defaults are the official `Mamba2` class's (not `Mamba2Simple`'s, whose defaults are
+d_state 64 and headdim 128): d_state 128, d_conv 4, expand 2, headdim 64, ngroups 1,
+chunk_size 256, gated RMSNorm with norm_before_gate=False, no in/out projection bias, conv bias.
+The number of SSD heads is expand·d_model / headdim (d_model 256: 8 heads of 64 channels).
+**The suite's `n_heads` is ignored**: Mamba-2 fixes the channels per head, not the head count;
+pass `headdim` to change it (expand·d_model must be a multiple of headdim).
+
+Layer: in_proj(x) -> z, xBC, dt; xBC <- silu(causal depthwise conv(xBC), kernel `d_conv`);
+x, B, C = split(xBC); dt <- softplus(dt + dt_bias); per head h (P = headdim channels) the
+scalar-decay SSM
 
     h_t = exp(dt_t·A) h_{t-1} + dt_t · B_t x_tᵀ,   y_t = C_tᵀ h_t + D·x_t   (h_t: d_state × P),
 
@@ -19,17 +26,17 @@ tokens; inside a chunk the SSM is a masked quadratic form (C Bᵀ ∘ decay) X; 
 state is a sum over its tokens; states pass between chunks through an (M, M) decay matrix built
 by the stable segment sum (as `state_passing_ref`: no loop over chunks, O(M²) small products);
 the outputs add C·(state entering the chunk). Decays are exponentials of differences of
-cumulative sums of dt·A <= 0, so they never overflow. The SSD runs in float32.
+cumulative sums of dt·A <= 0, so they never overflow. The SSD runs in float32 (or float64).
 
 - Causal by construction: a recurrence only looks back. `causal=False` builds the same causal
   mixer (bidirectional variants such as Hydra are other methods).
-- n_heads is the number of SSD heads; the official layer fixes headdim = 64 instead.
 - Padding: a masked token is removed from the recurrence (dt = 0: no decay, no input) and is a
   zero in the convolution window, so right padding never changes real tokens.
-- Simplified: no initial states, no dt clamping range, ngroups = 1, no fused kernels.
+- Simplified: no initial states, no dt clamping range (the official default dt_limit is
+  (0, inf), i.e. none), ngroups = 1, no fused kernels.
 
-Shape legend: B batch, N length, D d_model, E = expand·D inner width, H heads, P = E / H head
-channels, S d_state, C chunk, M = ceil(N / C) chunks.
+Shape legend: B batch, N length, D d_model, E = expand·D inner width, H = E / headdim heads,
+P = headdim channels per head, S d_state, C chunk, M = ceil(N / C) chunks.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsbench.errors import LsbenchError
 from lsbench.measure.flops import linear_flops
 from lsbench.variants.base import Variant
 
@@ -93,18 +101,6 @@ def ssd_chunked(X: torch.Tensor, dA: torch.Tensor, Bm: torch.Tensor, Cm: torch.T
     return y.permute(0, 2, 3, 1, 4).reshape(Bsz, M * C, H, P)[:, :N]  # (B, N, H, P)
 
 
-def ssd_recurrent(X: torch.Tensor, dA: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor
-                  ) -> torch.Tensor:
-    """The naive recurrence, one token at a time (for tests). Same shapes as `ssd_chunked`."""
-    Bsz, N, H, P = X.shape
-    h = X.new_zeros(Bsz, H, Bm.shape[-1], P)  # (B, H, S, P)
-    ys = []
-    for t in range(N):
-        h = torch.exp(dA[:, t])[..., None, None] * h + Bm[:, t, None, :, None] * X[:, t, :, None]
-        ys.append((Cm[:, t, None, :, None] * h).sum(-2))  # (B, H, P)
-    return torch.stack(ys, dim=1)
-
-
 class Mamba2(Variant):
     name = "mamba2"
     method = "Mamba-2 selective SSM (scalar decay per head), chunked SSD; causal by construction"
@@ -112,43 +108,60 @@ class Mamba2(Variant):
     time_complexity = "O(N·E·(S + chunk))"
     memory_complexity = "O(N·H·chunk + N·E·S/chunk)"
     supports_causal = True
-    # d_state S, expand, d_conv and chunk as Mamba2Simple's defaults
-    defaults = {"d_state": 128, "expand": 2, "d_conv": 4, "chunk": 256}
+    # as mamba_ssm's `Mamba2` class: d_state 128, expand 2, d_conv 4, headdim 64, chunk_size 256
+    defaults = {"d_state": 128, "expand": 2, "d_conv": 4, "headdim": 64, "chunk": 256}
 
     def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
         super().__init__(d_model, n_heads, causal, **params)
         S, E = self.params["d_state"], self.params["expand"] * d_model
-        self.d_inner, self.d_state = E, S
+        H = self.ssd_heads(d_model, self.params)  # not the suite's n_heads (module docstring)
+        self.d_inner, self.d_state, self.ssd_n_heads = E, S, H
+        self.head_dim = self.params["headdim"]
         conv_dim = E + 2 * S
-        self.in_proj = nn.Linear(d_model, 2 * E + 2 * S + n_heads, bias=False)
+        self.in_proj = nn.Linear(d_model, 2 * E + 2 * S + H, bias=False)  # [z, x, B, C, dt]
         k = self.params["d_conv"]
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, k, groups=conv_dim, padding=k - 1)
         # dt log-uniform in [1e-3, 1e-1], floor 1e-4; dt_bias = softplus⁻¹(dt) (official init)
-        dt = torch.exp(torch.rand(n_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         dt = dt.clamp_min(1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1, 16)))
-        self.D = nn.Parameter(torch.ones(n_heads))
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(H))
         self.norm_weight = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, d_model, bias=False)
+
+    @staticmethod
+    def ssd_heads(d_model: int, params: dict[str, Any]) -> int:
+        """SSD heads H = expand·d_model / headdim, as the official `Mamba2` (nheads)."""
+        return params["expand"] * d_model // params["headdim"]
 
     @classmethod
     def check_params(cls, d_model, n_heads, params):
         super().check_params(d_model, n_heads, params)
-        cls.require_positive(params, "d_state", "expand", "d_conv", "chunk")
+        cls.require_positive(params, "d_state", "expand", "d_conv", "headdim", "chunk")
+        E, P = params["expand"] * d_model, params["headdim"]
+        if E % P:
+            fits = [p for p in (128, 64, 32, 16, 8) if E % p == 0]
+            raise LsbenchError(
+                f"variant 'mamba2': expand·d_model = {E} is not a multiple of headdim={P} "
+                f"(heads = expand·d_model / headdim, as the official Mamba2); pass headdim="
+                f"{fits[0] if fits else 1} or another divisor of {E}."
+            )
 
     @classmethod
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         E, S, C = params["expand"] * d_model, params["d_state"], params["chunk"]
+        H = cls.ssd_heads(d_model, params)
         rows = batch_size * seq_len
         # projections and conv activations, chunk score matrices (L and C·Bᵀ∘L), chunk states
-        return (6.0 * rows * (E + S) + 3.0 * rows * n_heads * min(C, seq_len)
+        return (6.0 * rows * (E + S) + 3.0 * rows * H * min(C, seq_len)
                 + 2.0 * rows * E * S / min(C, seq_len))
 
     @classmethod
-    def _layer(cls, rows, d_model, n_heads, params):
+    def _layer(cls, rows, d_model, params):
         E, S, k = params["expand"] * d_model, params["d_state"], params["d_conv"]
-        return (linear_flops(rows, d_model, 2 * E + 2 * S + n_heads)  # in_proj
+        H = cls.ssd_heads(d_model, params)
+        return (linear_flops(rows, d_model, 2 * E + 2 * S + H)  # in_proj
                 + 2.0 * rows * (E + 2 * S) * k  # depthwise conv
                 + linear_flops(rows, E, d_model))  # out_proj
 
@@ -158,7 +171,7 @@ class Mamba2(Variant):
         # B xᵀ and the read-out Cᵀh, S·P multiply-adds each.
         rows = batch_size * seq_len
         E, S = params["expand"] * d_model, params["d_state"]
-        return cls._layer(rows, d_model, n_heads, params) + 4.0 * rows * E * S
+        return cls._layer(rows, d_model, params) + 4.0 * rows * E * S
 
     @classmethod
     def computed_flops(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
@@ -167,7 +180,7 @@ class Mamba2(Variant):
         C = min(params["chunk"], seq_len)
         M = -(-seq_len // C)
         padded = batch_size * M * C
-        return (cls._layer(rows, d_model, n_heads, params)
+        return (cls._layer(rows, d_model, params)
                 + 2.0 * padded * C * S  # C·Bᵀ per chunk (shared by heads)
                 + 2.0 * padded * C * E  # (C·Bᵀ ∘ L) · X, upper triangle included
                 + 2.0 * 2 * padded * S * E  # chunk states and the read-out of entering states
@@ -175,19 +188,20 @@ class Mamba2(Variant):
 
     def forward(self, x, mask=None):
         Bsz, N, _ = x.shape
-        H, E, S = self.n_heads, self.d_inner, self.d_state
+        H, E, S = self.ssd_n_heads, self.d_inner, self.d_state
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * S, H], dim=-1)
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)  # a zero in every conv window
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :N].transpose(1, 2))  # (B, N, E+2S)
         xs, Bm, Cm = xBC.split([E, S, S], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, N, H)
+        acc = torch.promote_types(x.dtype, torch.float32)  # half precision: the SSD in float32
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, N, H)
         if mask is not None:
             dt = dt * mask[..., None].to(dt.dtype)  # no decay, no input at masked tokens
-        A = -torch.exp(self.A_log.float())  # (H,)
-        X = xs.float().view(Bsz, N, H, E // H)  # (B, N, H, P)
-        y = ssd_chunked(X * dt[..., None], dt * A, Bm.float(), Cm.float(), self.params["chunk"])
-        y = y + self.D.float()[:, None] * X  # (B, N, H, P)
-        y = y.reshape(Bsz, N, E) * F.silu(z.float())  # gate, then RMSNorm (norm_before_gate=False)
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.float()
+        A = -torch.exp(self.A_log.to(acc))  # (H,)
+        X = xs.to(acc).view(Bsz, N, H, E // H)  # (B, N, H, P)
+        y = ssd_chunked(X * dt[..., None], dt * A, Bm.to(acc), Cm.to(acc), self.params["chunk"])
+        y = y + self.D.to(acc)[:, None] * X  # (B, N, H, P)
+        y = y.reshape(Bsz, N, E) * F.silu(z.to(acc))  # gate, then RMSNorm (norm_before_gate=False)
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.to(acc)
         return self.out_proj(y.to(x.dtype))  # (B, N, D)
