@@ -199,6 +199,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
     skips the larger N. Ctrl-C (should_stop) dispatches nothing more and waits for the units in
     flight."""
     from lsbench.measure.env import device_name
+    from lsbench.measure.steal import StealWatch
 
     store, suite = plan.store, plan.suite
     if plan.resume_info is not None and not plan.todo:
@@ -206,6 +207,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
     info: dict[str, Any] = {}
     written = complete = False
     new_rows = 0
+    canary, steal = None, StealWatch().__enter__()  # steal over the whole sweep (Linux)
     try:
         if executor is None:
             executor = make_executor(plan.request.executor, plan.threads, plan.device,
@@ -281,6 +283,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
         written = True
         if _is_default_dir(plan):
             update_latest(plan.run_dir)
+        canary = _start_canary(plan, executor, info, events)
 
         todo = plan.todo
         events.start(plan, len(todo))
@@ -295,6 +298,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
                            else round(predicted / MIB, 2))
             if row["status"] == "ok" and peak and row.get("gflops_per_s") is not None:
                 row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
+            row.update(canary.row_fields(row))
             _note_limit(limits, row)
             predictor.observe(row)
             store.append(row)
@@ -302,6 +306,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             events.row(row)
 
         while queue or executor.busy:
+            if queue and not executor.busy and not stopped and canary.due():
+                _canary_reading(canary, "interval", info, events)
             while queue and executor.idle and not stopped:
                 if should_stop():
                     stopped = True
@@ -333,6 +339,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             for (cfg, predicted), result in finished:
                 flying.discard(grid.oom_group(cfg))
                 record(cfg, result, predicted)
+        if new_rows:
+            _canary_reading(canary, "end", info, events)
         if not queue:
             complete = True
             if new_rows and peak:
@@ -341,10 +349,41 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
         if executor is not None:
             executor.close()
         if written:
+            steal.__exit__()
+            share = None if steal.share is None else round(steal.share, 4)
+            (info["resumes"][-1] if plan.resume_info is not None else info)["steal_share"] = share
+            if canary is not None and canary.summary() is not None:
+                info["canary"] = canary.summary()  # the whole series, every session
             info["status"] = "complete" if complete else "interrupted"
             info["finished_at"] = now_iso() if complete else None
             store.write_info(info)
     return Outcome(plan.run_dir, list(store.rows), new_rows, complete, info)
+
+
+def _start_canary(plan: Plan, executor: Pool, info: dict[str, Any], events: Events):
+    """The first canary reading of this session (lsbench.measure.canary)."""
+    from lsbench.measure.canary import CANARY_INTERVAL_S, SweepCanary
+
+    unit = {"kind": "canary", "device": plan.device, "dtype": plan.suite.dtype,
+            "matmul_precision": plan.suite.matmul_precision, "threads": plan.threads}
+    canary = SweepCanary(executor.run, plan.store, unit, info.get("started_at"),
+                         CANARY_INTERVAL_S)
+    _canary_reading(canary, "resume" if plan.resume_info is not None else "start", info, events)
+    return canary
+
+
+def _canary_reading(canary, label: str, info: dict[str, Any], events: Events) -> None:
+    """One reading; run.json is rewritten with the series so far (an interrupted run keeps
+    it); a drift is said as it happens."""
+    reading = canary.read(label)
+    if reading is None:
+        return
+    info["canary"] = canary.summary()
+    canary.store.write_info(info)
+    if reading["drift"]:
+        events.status(f"warning: the canary (fixed matmul + SDPA) ran {reading['ratio']:.2f}x "
+                      f"its first reading at {reading['t_s']:.0f} s: the machine changed "
+                      "speed; rows measured next to it are marked drift")
 
 
 PEAK_DROP_WARN = 0.20  # the machine lost this much of its matmul peak during the run

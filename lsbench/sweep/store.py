@@ -1,9 +1,11 @@
-"""The run directory: run.json, results.jsonl (appended + fsynced per config), results.csv.
+"""The run directory: run.json, results.jsonl (appended + fsynced per config), results.csv,
+canary.jsonl (one line per canary reading, appended the same way).
 
 Nothing measured is ever lost: each row is one JSON line written with a single `write`, flushed
 and fsynced before the next config starts; results.csv is rewritten atomically from the same rows
 after every append; run.json is replaced atomically. A run killed mid-write leaves at most a
-truncated last JSONL line, which readers skip and `--resume` trims before appending.
+truncated last JSONL line, which readers skip and `--resume` trims before appending. Rows a
+later canary reading marks `drift` are updated by rewriting results.jsonl atomically.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ EXTRA_COLUMNS = [
     "peak_rss_mib", "predicted_mem_mib", "latency_ci_level", "noisy", "threads",
     "iters_per_sample", "flops", "ffn_dim", "causal", "batch_tokens", "params", "measured_at",
     "precision", "detail", "layer", "computed_flops", "sdpa_backend", "matmul_precision",
-    "device_name", "contended", "contention", "retimed", "worker",
+    "device_name", "contended", "contention", "retimed", "worker", "steal_share", "drift",
+    "canary_window", "sm_clock_mhz_start", "sm_clock_mhz_end", "sm_clock_mhz_max",
+    "gpu_temp_c_start", "gpu_temp_c_end",
 ]
 MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "repeats",
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
             "latency_ci_level", "noisy", "iters_per_sample", "flops", "computed_flops",
             "sdpa_backend", "matmul_precision", "device_name", "contended", "contention",
-            "retimed"]
+            "retimed", "steal_share", "sm_clock_mhz_start", "sm_clock_mhz_end",
+            "sm_clock_mhz_max", "gpu_temp_c_start", "gpu_temp_c_end"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error")
 CONFIG_KEYS = ("variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
                "n_heads", "n_layers", "config_id", "ffn_dim", "causal", "batch_tokens", "params",
@@ -77,6 +82,7 @@ class RunStore:
         self.run_json = self.path / "run.json"
         self.jsonl = self.path / "results.jsonl"
         self.csv = self.path / "results.csv"
+        self.canary = self.path / "canary.jsonl"
         self.rows: list[dict[str, Any]] = []
 
     # -- new runs --
@@ -168,6 +174,36 @@ class RunStore:
         self.rows.append(row)
         self.write_csv()
 
+    def update_rows(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Set fields of rows already recorded (config_id -> fields): results.jsonl and the CSV
+        are rewritten whole and atomically, so a kill leaves the old or the new file."""
+        hit = [r for r in self.rows if r["config_id"] in changes]
+        if not hit:
+            return
+        for r in hit:
+            r.update(changes[r["config_id"]])
+        atomic_write(self.jsonl, "".join(json.dumps(r, default=str, allow_nan=False) + "\n"
+                                         for r in self.rows))
+        self.write_csv()
+
+    def append_canary(self, reading: dict[str, Any]) -> None:
+        """One canary reading, appended and fsynced like a row (an interrupted run keeps every
+        reading taken)."""
+        line = json.dumps(reading, default=str, allow_nan=False) + "\n"
+        try:
+            with open(self.canary, "a+b") as f:  # a line cut by a kill stays a line of its own
+                f.seek(0, os.SEEK_END)
+                if f.tell():
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+            with open(self.canary, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise fs_error(self.canary, e, "append a canary reading to") from None
+
     def write_csv(self) -> None:
         buf = io.StringIO()
         columns = COLUMNS + EXTRA_COLUMNS
@@ -205,6 +241,21 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if isinstance(obj, dict) and obj.get("config_id"):
             rows.append(obj)
     return rows, warnings
+
+
+def read_canary(path: Path) -> list[dict[str, Any]]:
+    """The readings of canary.jsonl in order; an incomplete last line is skipped."""
+    if not path.exists():
+        return []
+    readings = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("ms"), int | float):
+            readings.append(obj)
+    return readings
 
 
 def atomic_write(path: Path, text: str, resume: str | None = None) -> None:

@@ -1,0 +1,288 @@
+"""The canary: a fixed reference workload timed through a sweep, so a slower *machine* is told
+apart from a slower *configuration*.
+
+Per-row checks (`timing.Contention`, `steal.py`) catch what the guest can see. A host that
+throttles, or a neighbour on the same physical cores that the hypervisor does not report as
+steal, makes every step slower without a trace inside the guest. The canary is one matmul and
+one SDPA call of fixed shapes on the run's device, dtype and threads, timed in the worker
+process at the start of a sweep, about every CANARY_INTERVAL_S seconds of it, and at the end:
+
+    reading = measure(unit)              # in the worker: {"ms", "iqr_ms", "mad_ms", ...}
+    log = CanaryLog(previous_readings)   # in the parent
+    log.add(reading)                     # ratio to the first reading, drift or not
+
+Drift rule: a reading has drifted when its median differs from the first reading's median by
+more than DRIFT_LIMIT (10%: the same line `noisy` draws for a row, so a drift the rows could
+not show is not reported) *and* by more than DRIFT_MADS median absolute deviations of the first
+reading's samples (a canary whose own samples scatter widely, e.g. on a loaded machine, needs a
+larger move). With 7 samples, 3 MADs is about 4.5 standard errors of a median: a quiet machine
+never trips it by chance. Rows measured next to a drifted reading (the windows just before and
+just after it) carry `drift: true`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+CANARY_INTERVAL_S = 30.0  # sweep time between readings (checked between configs)
+DRIFT_LIMIT = 0.10
+DRIFT_MADS = 3.0
+SAMPLES = 7  # timed samples per reading
+MIN_SAMPLE_S = 0.01  # a sample repeats the workload until it lasts this long
+
+# Fixed shapes per device type: ~0.1 GFLOP a call on a CPU (a few ms in float32 on 2 cores, a
+# reading ~100 ms; bfloat16 matmuls without AMX are ~10x slower, so the matmul stays small) and
+# ~200 GFLOP on a GPU (ms per call: launch overhead negligible).
+SPECS: dict[str, dict[str, Any]] = {
+    "cpu": {"matmul": [256, 256, 256], "sdpa": [1, 2, 512, 64]},
+    "cuda": {"matmul": [4096, 4096, 4096], "sdpa": [4, 16, 4096, 64]},
+}
+
+
+def spec_for(device: str, dtype: str, threads: int) -> dict[str, Any]:
+    """What the canary runs; two canaries are comparable only when their specs are equal."""
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return {**SPECS[kind], "device": kind, "dtype": dtype, "threads": threads}
+
+
+# --- in the worker ------------------------------------------------------------------------
+
+def measure(unit: dict[str, Any]) -> dict[str, Any]:
+    """One reading of the canary (a `{"kind": "canary", "device", "dtype", "threads",
+    "matmul_precision"}` unit): median per-call ms, IQR, MAD, the samples, and the steal over
+    the reading."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.benchmark.utils.common import set_torch_threads
+    from torch.utils.benchmark.utils.timer import timer as clock  # syncs CUDA
+
+    from lsbench.measure.steal import StealWatch
+
+    spec = spec_for(unit["device"], unit["dtype"], unit["threads"])
+    device, dtype = torch.device(unit["device"]), getattr(torch, unit["dtype"])
+    torch.set_float32_matmul_precision(unit.get("matmul_precision", "highest"))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    m, k, n = spec["matmul"]
+    a = torch.randn(m, k, generator=g).to(device, dtype)
+    b = torch.randn(k, n, generator=g).to(device, dtype)
+    q, kk, v = (torch.randn(*spec["sdpa"], generator=g).to(device, dtype) for _ in range(3))
+
+    def step():
+        torch.mm(a, b)
+        F.scaled_dot_product_attention(q, kk, v)
+
+    with torch.no_grad(), set_torch_threads(unit["threads"]), StealWatch() as steal:
+        t0 = clock()
+        step()  # warm-up (kernel selection, allocator)
+        number = max(1, math.ceil(MIN_SAMPLE_S / max(clock() - t0, 1e-9)))
+        samples = []
+        for _ in range(SAMPLES):
+            t0 = clock()
+            for _ in range(number):
+                step()
+            samples.append((clock() - t0) / number * 1e3)
+    return summarise(samples, spec, steal.share, number)
+
+
+def summarise(samples_ms: list[float], spec: dict[str, Any], steal: float | None = None,
+              number: int = 1) -> dict[str, Any]:
+    med = statistics.median(samples_ms)
+    q = statistics.quantiles(samples_ms, n=4, method="inclusive") if len(samples_ms) > 1 \
+        else [med, med, med]
+    return {"ms": med, "iqr_ms": q[2] - q[0],
+            "mad_ms": statistics.median(abs(s - med) for s in samples_ms),
+            "samples_ms": [round(s, 4) for s in samples_ms], "number": number,
+            "steal_share": None if steal is None else round(steal, 4), "spec": spec}
+
+
+# --- in the parent ------------------------------------------------------------------------
+
+def drifted(reading: dict[str, Any], ref: dict[str, Any]) -> bool:
+    """The drift rule of the module docstring, reading against the first reading `ref`."""
+    if reading.get("ms") is None or not ref.get("ms"):
+        return False
+    diff = abs(reading["ms"] - ref["ms"])
+    return diff > DRIFT_LIMIT * ref["ms"] and diff > DRIFT_MADS * (ref.get("mad_ms") or 0.0)
+
+
+class CanaryLog:
+    """The readings of one run (earlier ones included when resumed); the first is the
+    reference. Rows are tagged with `window`, the index of the last reading before them."""
+
+    def __init__(self, readings: list[dict[str, Any]] | None = None):
+        self.readings: list[dict[str, Any]] = list(readings or [])
+
+    @property
+    def window(self) -> int | None:
+        return len(self.readings) - 1 if self.readings else None
+
+    @property
+    def ref(self) -> dict[str, Any] | None:
+        return self.readings[0] if self.readings else None
+
+    def add(self, reading: dict[str, Any], label: str, t_s: float) -> dict[str, Any]:
+        """Record a reading; returns it with index, t_s, ratio to the first, drift."""
+        r = {"index": len(self.readings), "label": label, "t_s": round(t_s, 2),
+             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **reading}
+        ref = self.ref or r
+        if ref.get("spec") != r.get("spec"):  # e.g. resumed with other threads: not comparable
+            r["ratio"], r["drift"] = None, False
+        else:
+            r["ratio"] = round(r["ms"] / ref["ms"], 4) if ref.get("ms") else None
+            r["drift"] = drifted(r, ref)
+        self.readings.append(r)
+        return r
+
+    def drift(self, i: int | None) -> bool:
+        return i is not None and 0 <= i < len(self.readings) and bool(self.readings[i]["drift"])
+
+    def row_drift(self, window: int | None) -> bool:
+        """A row between readings `window` and `window + 1` drifted if either of them did."""
+        return window is not None and (self.drift(window) or self.drift(window + 1))
+
+    def note(self, window: int | None) -> str:
+        """Why a row in `window` is marked drift: the drifted reading(s) next to it."""
+        parts = [_reading_text(self.readings[i]) for i in (window, (window or 0) + 1)
+                 if window is not None and self.drift(i)]
+        return ("drift: the canary (a fixed matmul + SDPA) ran at " + " and ".join(parts)
+                + " of its first reading next to this row: the machine was "
+                + ("slower" if any(self.readings[i]["ratio"] > 1 for i in (window, window + 1)
+                                   if self.drift(i)) else "faster")
+                + " than when the run started") if parts else ""
+
+    def summary(self) -> dict[str, Any]:
+        """For run.json: the rule, the spec and the series (t_s, ms, IQR, ratio, drift)."""
+        drifts = [r["index"] for r in self.readings if r["drift"]]
+        return {
+            "workload": "torch.mm + scaled_dot_product_attention of fixed shapes (spec), "
+                        f"median of {SAMPLES} samples per reading",
+            "spec": self.ref.get("spec") if self.ref else None,
+            "drift_rule": f"|median - first| > {DRIFT_LIMIT:.0%} of the first and > "
+                          f"{DRIFT_MADS:g} MADs of the first reading's samples",
+            "readings": len(self.readings),
+            "drifted": drifts,
+            "series": [{"t_s": r["t_s"], "label": r["label"], "ms": round(r["ms"], 4),
+                        "iqr_ms": round(r["iqr_ms"], 4), "ratio": r["ratio"],
+                        "drift": r["drift"], "steal_share": r.get("steal_share")}
+                       for r in self.readings],
+        }
+
+
+def _reading_text(r: dict[str, Any]) -> str:
+    return f"{r['ratio']:.2f}x (reading {r['index']}, {r['t_s']:.0f} s into the run)"
+
+
+# --- for the report and compare ------------------------------------------------------------
+
+def canary_series(run_dir: Any, meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The canary readings of a run directory, as data: one dict per reading with t_s, label,
+    ms, iqr_ms, mad_ms, ratio, drift, steal_share, spec. From canary.jsonl (complete even for
+    an interrupted run), else from run.json's `canary.series`; [] for runs without a canary
+    (recorded before it existed)."""
+    from pathlib import Path
+
+    from lsbench.sweep.store import read_canary
+
+    readings = read_canary(Path(run_dir) / "canary.jsonl")
+    if readings:
+        return readings
+    series = ((meta or {}).get("canary") or {}).get("series") or []
+    spec = ((meta or {}).get("canary") or {}).get("spec")
+    return [{**r, "spec": spec} for r in series if isinstance(r, dict) and r.get("ms")]
+
+
+def describe(series: list[dict[str, Any]]) -> str:
+    """One line for the report's trust details."""
+    if not series:
+        return ""
+    ms = [r["ms"] for r in series]
+    drift = [r for r in series if r.get("drift")]
+    return (f"{len(series)} readings, {series[0]['ms']:.3g} ms first, {min(ms):.3g}–"
+            f"{max(ms):.3g} ms; " + (f"{len(drift)} drifted (the machine changed speed "
+                                     "mid-run: rows next to them are marked drift)"
+                                     if drift else "no drift"))
+
+
+# --- the sweep's side (lsbench.sweep.runner) ------------------------------------------------
+
+class SweepCanary:
+    """Takes readings through a sweep and marks the rows next to a drifted one.
+
+    `run_unit(unit, timeout_s)` runs a unit in the worker (the executor's slot 0); `store` is
+    the run's RunStore (canary.jsonl, and results.jsonl for rows a later reading marks)."""
+
+    TIMEOUT_S = 300.0
+
+    def __init__(self, run_unit, store, unit: dict[str, Any], started_at: str | None,
+                 interval_s: float = CANARY_INTERVAL_S):
+        from lsbench.sweep.store import read_canary
+
+        self.run_unit, self.store, self.unit = run_unit, store, unit
+        self.interval_s = interval_s
+        self.log = CanaryLog(read_canary(store.canary))
+        self.errors: list[str] = []
+        self._t0 = _epoch(started_at)
+        self._last = -math.inf
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.interval_s
+
+    def read(self, label: str) -> dict[str, Any] | None:
+        """Take one reading now; None (and a note in `errors`) when the canary failed."""
+        from lsbench.sweep.worker import WorkerStartError
+
+        self._last = time.monotonic()
+        try:
+            out = self.run_unit(self.unit, self.TIMEOUT_S)
+        except WorkerStartError as e:  # the next config meets it and says so
+            self.errors.append(f"canary reading skipped: {e}")
+            return None
+        if out.get("error") or out.get("ms") is None:
+            self.errors.append(str(out.get("error") or out.get("reason") or "no result"))
+            return None
+        reading = self.log.add(out, label, time.time() - self._t0)
+        self.store.append_canary(reading)
+        if reading["drift"] and label not in ("start", "resume"):
+            # the rows since the previous reading (this session's) were measured near it
+            before = reading["index"] - 1
+            self.store.update_rows({
+                r["config_id"]: {"drift": True, "reason": _join(r.get("reason"),
+                                                                 self.log.note(before))}
+                for r in self.store.rows
+                if r.get("canary_window") == before and r.get("status") == "ok"
+                and not r.get("drift")})
+        self._last = time.monotonic()
+        return reading
+
+    def row_fields(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`canary_window` and `drift` for a row about to be appended (drift None for failed
+        rows and for runs whose canary never gave a reading)."""
+        window = self.log.window
+        if window is None or row.get("status") != "ok":
+            return {"canary_window": window, "drift": None}
+        drift = self.log.drift(window)
+        fields: dict[str, Any] = {"canary_window": window, "drift": drift}
+        if drift:
+            fields["reason"] = _join(row.get("reason"), self.log.note(window))
+        return fields
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.log.readings:
+            return {"readings": 0, "errors": self.errors[:3]} if self.errors else None
+        return {**self.log.summary(), **({"errors": self.errors[:3]} if self.errors else {})}
+
+
+def _join(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _epoch(iso: str | None) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return time.time()
