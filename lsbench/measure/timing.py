@@ -28,6 +28,8 @@ from torch.utils.benchmark import Timer
 from torch.utils.benchmark.utils.common import set_torch_threads
 from torch.utils.benchmark.utils.timer import timer as clock
 
+from lsbench.measure.steal import describe_steal, read_cpu_jiffies, steal_share, stolen
+
 NOISE_LIMIT = 0.10  # IQR / median above this flags the row as noisy
 
 
@@ -72,6 +74,7 @@ class Contention:
     cpu_s: float  # user + system, all threads of the process
     involuntary_switches: int
     threads: int
+    steal_share: float | None = None  # hypervisor steal, system-wide (Linux; measure/steal.py)
 
     @property
     def switch_rate(self) -> float:
@@ -86,12 +89,14 @@ class Contention:
         slow_block = (t.repeats >= MIN_SAMPLES
                       and max(t.samples_s) > SLOW_BLOCK_FACTOR * t.median_s)
         starved = self.switch_rate > MAX_SWITCH_RATE and self.cpu_share < STARVED_SHARE
-        return starved or slow_block
+        return starved or slow_block or stolen(self.steal_share)
 
     def describe(self, t: TimingResult) -> str:
         worst = max(t.samples_s) / t.median_s if t.median_s > 0 and t.samples_s else 1.0
         return (f"{self.switch_rate:.0f} involuntary context switches/s, CPU {self.cpu_share:.2f}"
-                f" of {self.threads} thread(s), slowest block {worst:.1f}x the median")
+                f" of {self.threads} thread(s), slowest block {worst:.1f}x the median"
+                + (f", {describe_steal(self.steal_share)}" if self.steal_share is not None
+                   else ""))
 
 
 MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy ...
@@ -150,12 +155,14 @@ class _Usage:
 
     def __enter__(self) -> _Usage:
         self._r0, self._t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
+        self._j0 = read_cpu_jiffies()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         r1, wall = resource.getrusage(resource.RUSAGE_SELF), clock() - self._t0
         cpu = (r1.ru_utime - self._r0.ru_utime) + (r1.ru_stime - self._r0.ru_stime)
-        self.result = Contention(wall, cpu, r1.ru_nivcsw - self._r0.ru_nivcsw, self.threads)
+        self.result = Contention(wall, cpu, r1.ru_nivcsw - self._r0.ru_nivcsw, self.threads,
+                                 steal_share(self._j0, read_cpu_jiffies()))
 
 
 MAX_RETIMES = 2  # a contended row is timed again at most this often ...
@@ -173,12 +180,18 @@ def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
         with _Usage(threads) as usage:
             t = time_step(step, budget_s, threads, step_s)
         t.contention, t.retimed = usage.result, attempt
-        if best is None or t.contention.switch_rate < best.contention.switch_rate:
+        if best is None or _rank(t.contention) < _rank(best.contention):
             best = t
         if not t.contended:
             return t
     best.retimed = MAX_RETIMES
     return best
+
+
+def _rank(c: Contention) -> tuple[float, float]:
+    """Least contended first: a timing the hypervisor did not rob (else the least robbed),
+    then the fewest switches."""
+    return (c.steal_share if stolen(c.steal_share) else 0.0, c.switch_rate)
 
 
 def time_step(step: Callable[[], Any], budget_s: float, threads: int,

@@ -11,6 +11,8 @@ Units:
         -> {"env", "threads", "free_mem_bytes", "total_mem_bytes", "machine_peak", "error"}
     {"kind": "config", "config": {...grid config...}, "time_budget_s", "warmup", "threads"}
         -> {"status", "reason", "latency_ms", ..., "peak_mem_mib", "peak_rss_mib", ...}
+    {"kind": "canary", "device", "dtype", "threads", "matmul_precision"}
+        -> {"ms", "iqr_ms", "mad_ms", "samples_ms", "steal_share", "spec"} (measure/canary.py)
 
 Why one module of ~450 lines: everything that runs inside the worker process (one unit, the
 probe) sits beside the parent's handle on that process (spawn, timeout, restart), so the
@@ -92,6 +94,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from lsbench.measure.env import cpu_model
     from lsbench.measure.memory import track_peak
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision
+    from lsbench.measure.steal import RowWatch
     from lsbench.measure.timing import MIN_SAMPLES, time_step, time_step_checked
     from lsbench.models import Encoder, EncoderConfig
 
@@ -130,10 +133,11 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
     timer = time_step_checked if device.type == "cpu" else time_step
-    t = timer(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
+    with RowWatch(device) as watch:  # hypervisor steal; GPU clocks (measure/steal.py)
+        t = timer(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
     passes = 3 if c["mode"] == "training" else 1  # backward ≈ 2 × forward
     flops = model.flops(B, N) * passes  # useful work (lsbench.measure.flops)
-    return {
+    return watch.annotate({
         "status": "ok",
         "reason": _timing_note(t, MIN_SAMPLES),
         "latency_ms": t.median_s * 1e3,
@@ -161,7 +165,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
                         else cpu_model()),
         "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
-    }
+    }, t.contention)
 
 
 def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
@@ -246,6 +250,13 @@ def execute(unit: dict[str, Any]) -> dict[str, Any]:
             return probe(unit)
         except Exception as e:  # noqa: BLE001 - reported by the parent as a clean error
             return {"error": f"probing the device failed: {_failure(e)['reason']}"}
+    if unit.get("kind") == "canary":
+        from lsbench.measure.canary import measure
+
+        try:
+            return measure(unit)
+        except Exception as e:  # noqa: BLE001 - a run without that reading, not a crash
+            return {"error": f"the canary failed: {_failure(e)['reason']}"}
     try:
         result = run_config(unit)
     except BaseException as e:  # noqa: BLE001 - every failure is a result
