@@ -64,10 +64,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), mask=mask)
         return x + self.ffn(self.ln2(x))
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
         if self.sublayer_only:
-            return self.attn.prefill(x, capacity)
-        a, state = self.attn.prefill(self.ln1(x), capacity)
+            return self.attn.prefill(x, capacity, fused)
+        a, state = self.attn.prefill(self.ln1(x), capacity, fused)
         x = x + a
         return x + self.ffn(self.ln2(x)), state
 
@@ -93,12 +93,13 @@ class Encoder(nn.Module):
             x = block(x, mask)
         return self.ln_f(x)
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
         """Causal forward over (B, N, D) that also returns each layer's decoding state
-        (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens."""
+        (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens;
+        `fused` lets a variant build the state with a cheaper exact kernel (untimed prefills)."""
         states = []
         for block in self.blocks:
-            x, state = block.prefill(x, capacity)
+            x, state = block.prefill(x, capacity, fused)
             states.append(state)
         return self.ln_f(x), states
 

@@ -146,3 +146,16 @@ def test_a_step_launches_the_same_ops_at_any_depth_and_batch(name):
         other = _step_ops(name, batch, depth)
         assert other.ops == base.ops, (name, batch, depth, other.ops - base.ops)
     assert "_local_scalar_dense" not in base.ops  # no host sync
+
+
+def test_a_fused_prefill_builds_the_same_state_as_the_materialising_one():
+    """Decode rows prefill `transformer` through SDPA (no N×N scores); same state and outputs."""
+    torch.manual_seed(0)
+    model = build("transformer", D, H, causal=True).double().eval()
+    x = torch.randn(2, 33, D, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = model.prefill(x, capacity=40)
+        y_f, state_f = model.prefill(x, capacity=40, fused=True)
+    torch.testing.assert_close(y_f, y, atol=1e-10, rtol=0)
+    torch.testing.assert_close(state_f.tensors["kv"][..., :33, :], state.tensors["kv"][..., :33, :],
+                               atol=0, rtol=0)

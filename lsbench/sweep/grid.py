@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from lsbench import variants
-from lsbench.sweep.suite import Suite
+from lsbench.sweep.suite import DECODE_MODES, Suite
 
 ID_KEYS = ("variant", "params", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
            "n_heads", "n_layers", "ffn_dim", "causal")
@@ -91,7 +91,7 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
                         "n_heads": suite.n_heads,
                         "n_layers": suite.n_layers,
                         "ffn_dim": ffn_dim,
-                        "causal": suite.causal,
+                        "causal": suite.causal or mode in DECODE_MODES,  # decoding is causal
                         "layer": suite.layer,
                         "matmul_precision": suite.matmul_precision,
                         "batch_tokens": tokens,
@@ -117,8 +117,12 @@ def predict_mem_bytes(config: dict[str, Any]) -> float:
     c = config
     cls = variants.get(c["variant"])
     size = DTYPE_BYTES[c["dtype"]]
-    elems = variants.count(cls, "mem_elems", c["batch_size"], c["seq_len"], c["d_model"],
-                           c["n_heads"], c["params"], causal=bool(c.get("causal")))
+    if c["mode"] == "decode":  # the state, and the untimed prefill that builds it
+        elems = cls.decode_mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"],
+                                     {**cls.defaults, **c["params"]}) * c["n_layers"]
+    else:
+        elems = variants.count(cls, "mem_elems", c["batch_size"], c["seq_len"], c["d_model"],
+                               c["n_heads"], c["params"], causal=bool(c.get("causal")))
     ffn = 0 if c.get("layer", "block") == "attention" else 2 * c["d_model"] * c["ffn_dim"]
     n_params = c["n_layers"] * (4 * c["d_model"] ** 2 + ffn)
     inputs = c["batch_size"] * c["seq_len"] * c["d_model"]

@@ -36,7 +36,11 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-MODES = ("inference", "training")
+# inference / training: one forward / one training step over N tokens (Fastformer Fig. 2);
+# prefill: the causal forward over N tokens that also builds the decoding state; decode: one
+# generated token at depth N (lsbench.variants._decode). prefill and decode are causal always.
+MODES = ("inference", "training", "prefill", "decode")
+DECODE_MODES = ("prefill", "decode")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LAYERS = ("block", "attention")
@@ -217,7 +221,7 @@ def validate(suite: Suite, where: str) -> None:
     if not isinstance(suite.causal, bool):
         raise LsbenchError(f"{where}: causal must be true or false, got {suite.causal!r}.")
     if not suite.modes:
-        raise LsbenchError(f"{where}: modes is empty; use inference, training or both.")
+        raise LsbenchError(f"{where}: modes is empty; use one or more of {', '.join(MODES)}.")
     for mode in suite.modes:
         if mode not in MODES:
             raise unknown_choice("mode", mode, MODES, where)

@@ -85,11 +85,26 @@ class Decoder:
             raise DecodeUnsupported(f"variant {self.name!r}: decoding needs causal=True.")
         raise DecodeUnsupported(f"variant {self.name!r} cannot decode: {self.decode_unsupported}.")
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
+        """Causal forward over x (B, N, D) -> (y, state holding N tokens).
+
+        `fused=True` lets a variant build the same state with a cheaper exact kernel when it is
+        not what is being timed (decode rows: `transformer` prefills through fused SDPA, so a
+        KV cache of 128K tokens does not need its N×N score matrix)."""
         self.decode_check()
 
     def step(self, x_t: torch.Tensor, state: DecodeState):
+        """One token x_t (B, 1, D) at depth state.pos -> (y_t, the state one token deeper)."""
         self.decode_check()
+
+    @classmethod
+    def decode_mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
+                         params: dict) -> float:
+        """Predicted elements a decode row keeps alive (its state, and the untimed prefill that
+        builds it): by default the causal forward's `mem_elems`. Only used to skip."""
+        from lsbench.variants.base import count
+
+        return count(cls, "mem_elems", batch_size, seq_len, d_model, n_heads, params, True)
 
     @classmethod
     def state_bytes(cls, depth: int, d_model: int, n_heads: int, params: dict,
@@ -111,12 +126,17 @@ class KVCacheDecoder(Decoder):
         if not self.causal:
             super().decode_check()
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
         self.decode_check()
         B, N, D = x.shape
         P = max(N, capacity or N)
         with CaptureQKV(self.qkv) as cap:
-            y = self(x)
+            if fused:  # the same softmax attention without materialising N×N scores
+                q, k, v = self.project(x)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, N, Dh)
+                y = self.out(y.transpose(1, 2).reshape(x.shape))
+            else:
+                y = self(x)
         _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
         cache = k.new_empty(2, B, self.n_heads, P, self.head_dim)  # K and V, one allocation
         cache[0, :, :, :N] = k
@@ -145,6 +165,11 @@ class KVCacheDecoder(Decoder):
     def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
         return 2.0 * depth * d_model * elem_bytes  # K and V, D per token each
 
+    @classmethod
+    def decode_mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+        # the cache (2·N·D) and a fused prefill's activations (as sdpa's forward: 8·N·D)
+        return 10.0 * batch_size * seq_len * d_model
+
 
 class WindowCacheDecoder(KVCacheDecoder):
     """Causal sliding window i-w … i over a ring buffer of w + 1 keys (local, longformer).
@@ -157,7 +182,7 @@ class WindowCacheDecoder(KVCacheDecoder):
     def _window(self) -> int:
         return int(self.params["window"])
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
         self.decode_check()
         B, N, D = x.shape
         W = self._window() + 1
@@ -184,3 +209,9 @@ class WindowCacheDecoder(KVCacheDecoder):
     @classmethod
     def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
         return 2.0 * (params["window"] + 1) * d_model * elem_bytes  # the ring, at any depth
+
+    @classmethod
+    def decode_mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+        from lsbench.variants.base import count
+
+        return count(cls, "mem_elems", batch_size, seq_len, d_model, n_heads, params, True)
