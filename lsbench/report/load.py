@@ -35,7 +35,7 @@ FLOAT_COLUMNS = [
 # The columns that identify a configuration when a row carries no `config_id`.
 KEY_COLUMNS = ["variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
                "n_heads", "n_layers"]
-STATUSES = ("ok", "oom", "skipped", "timeout", "error")
+STATUSES = ("ok", "oom", "skipped", "timeout", "error", "unsupported")
 NOISE_LIMIT = 0.10  # IQR / median above this marks a row as noisy (DESIGN.md, Trust)
 MIN_SAMPLES = 3  # fewer timed samples than this: the spread is unknown (measure/timing.py)
 

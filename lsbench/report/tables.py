@@ -29,7 +29,8 @@ SETTING_COLUMNS = ["device", "dtype", "d_model", "n_heads", "n_layers"]
 MODES = ["inference", "training"]
 BASELINES = ("transformer", "sdpa")
 STOP_STATUSES = ("oom", "skipped", "timeout")  # the line of a variant ends at the first of these
-STATUS_MARK = {"oom": "OOM", "skipped": "skip", "timeout": "timeout", "error": "error"}
+STATUS_MARK = {"oom": "OOM", "skipped": "skip", "timeout": "timeout", "error": "error",
+               "unsupported": "n/a"}
 
 
 def ordered(names, known: list[str] = KNOWN_VARIANTS) -> list[str]:
@@ -325,9 +326,9 @@ def failed_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 def status_counts(rows: pd.DataFrame) -> dict[str, int]:
     counts = rows["status"].value_counts()
-    return {s: int(counts[s]) for s in ["ok", "oom", "skipped", "timeout", "error"]
-            if s in counts} | {s: int(c) for s, c in counts.items()
-                               if s not in ("ok", "oom", "skipped", "timeout", "error")}
+    known = ["ok", "oom", "skipped", "timeout", "error", "unsupported"]
+    return {s: int(counts[s]) for s in known if s in counts} | {
+        s: int(c) for s, c in counts.items() if s not in known}
 
 
 # --- extrapolation ------------------------------------------------------------------------

@@ -299,6 +299,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             if row["status"] == "ok" and peak and row.get("gflops_per_s") is not None:
                 row["pct_of_peak"] = row["gflops_per_s"] / peak * 100
             row.update(canary.row_fields(row))
+            if row["status"] == "ok" and row.get("state_bytes"):  # decode: how many sequences'
+                row["max_batch_in_budget"] = int(budget // row["state_bytes"])  # states fit
             _note_limit(limits, row)
             predictor.observe(row)
             store.append(row)
@@ -539,7 +541,7 @@ def _is_default_dir(plan: Plan) -> bool:
 
 # --- the end-of-run summary (data; lsbench.cli.run renders it) ------------------------------
 
-MARKS = {"oom": "OOM", "skipped": "skip", "timeout": "T/O", "error": "ERR"}
+MARKS = {"oom": "OOM", "skipped": "skip", "timeout": "T/O", "error": "ERR", "unsupported": "n/a"}
 
 
 def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -91,6 +91,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.benchmark.utils.timer import timer as clock
 
+    from lsbench.errors import LsbenchError
+    from lsbench.measure.decode import decode_step, finish_row
     from lsbench.measure.env import cpu_model
     from lsbench.measure.memory import track_peak
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision
@@ -107,14 +109,26 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     B, N, D = c["batch_size"], c["seq_len"], c["d_model"]
     torch.set_float32_matmul_precision(c.get("matmul_precision", "highest"))
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"], c["ffn_dim"],
-                                  c["causal"], dict(c["params"]), c.get("layer", "block")))
+    decoding = c["mode"] in ("prefill", "decode")  # lsbench.measure.decode
+    try:
+        model = Encoder(EncoderConfig(c["variant"], D, c["n_heads"], c["n_layers"],
+                                      c["ffn_dim"], c["causal"], dict(c["params"]),
+                                      c.get("layer", "block")))
+        if decoding:
+            model.blocks[0].attn.decode_check()
+    except LsbenchError as e:
+        if not decoding:
+            raise
+        return {"status": "unsupported", "reason": str(e)}  # e.g. no causal/incremental form
     # inference in the run dtype; half-precision training as mixed precision (fp32 weights)
     amp_dtype = dtype if c["mode"] == "training" and dtype != torch.float32 else None
     weight_dtype = torch.float32 if amp_dtype is not None else dtype
     model = model.to(device=device, dtype=weight_dtype)
     x = torch.randn(B, N, D, device=device, dtype=weight_dtype)
-    step = make_step(model, x, c["mode"], amp_dtype)
+    if decoding:
+        step, check, decode_fields = decode_step(model, x, c["mode"])
+    else:
+        step, check, decode_fields = make_step(model, x, c["mode"], amp_dtype), model, {}
     # Warm-up keeps one-time costs (lazy kernel init, AdamW's state, allocator growth) out of
     # both the memory pass and the timed samples.
     for _ in range(max(1, unit.get("warmup", 1))):
@@ -124,7 +138,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     # The step allocates its gradients afresh (zero_grad(set_to_none=True) first): drop the
     # warm-up's before the baseline, so the CUDA number (peak minus baseline) counts them as
     # the CPU tracker (new storages only) does, instead of netting them out.
-    sdpa_backend, finite = _checked_forward(model, x, amp_dtype, SdpaProbe)
+    sdpa_backend, finite = _checked_forward(  # decode: the step's output, not a forward
+        (lambda _x: check()) if decoding else model, x, amp_dtype, SdpaProbe)
     if not finite:  # timing a computation that overflowed would describe a broken model
         return {"status": "error", "reason": (
             f"the forward's output is not finite in {c['dtype']} on {device.type} (overflow "
@@ -137,7 +152,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         t = timer(step, unit["time_budget_s"], unit["threads"], step_s=step_s)
     passes = 3 if c["mode"] == "training" else 1  # backward ≈ 2 × forward
     flops = model.flops(B, N) * passes  # useful work (lsbench.measure.flops)
-    return watch.annotate({
+    return finish_row(watch.annotate({
         "status": "ok",
         "reason": _timing_note(t, MIN_SAMPLES),
         "latency_ms": t.median_s * 1e3,
@@ -165,7 +180,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
                         else cpu_model()),
         "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
-    }, t.contention)
+    }, t.contention), c["mode"], decode_fields, B)
 
 
 def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
