@@ -122,7 +122,8 @@ def test_registry_kinds_and_listing():
     assert kinds == {"none": "none", "sinusoidal": "absolute", "learned": "absolute",
                      "rotary": "rotary", "t5": "bias", "alibi": "bias", "xpos": "rotary",
                      "kerple_log": "bias", "kerple_power": "bias", "fire": "bias",
-                     "rope_pi": "rotary", "rope_ntk": "rotary", "rope_yarn": "rotary"}
+                     "rope_pi": "rotary", "rope_ntk": "rotary", "rope_yarn": "rotary",
+                     "xpos_bca": "rotary"}
     rows = positions.list_rows()
     assert [r["name"] for r in rows] == ALL
     assert all(r["paper"] and r["method"] for r in rows)
@@ -211,6 +212,7 @@ REFERENCE_CASES = {
     "t5": (16, 4, 48, 37, {}),
     "alibi": (16, 4, 48, 37, {}),
     "xpos": (32, 2, 48, 37, {}),  # scale_base: the paper's 512
+    "xpos_bca": (32, 2, 16, 37, {}),  # blocks of L/2 = 8: 5 blocks, the last one partial
     "kerple_log": (16, 4, 48, 37, {}),
     "kerple_power": (16, 4, 48, 37, {}),
     "fire": (16, 4, 16, 37, {}),  # L = 16 < i for most queries: the normaliser is ψ(i)
@@ -237,7 +239,7 @@ def reference_qk(name, q, k, d, L):
     theta = BASE ** (-2 * i / d)  # RoFormer: θ_i = 10000^(-2i/d)
     s = max(1.0, N / L)
     q_scale = k_scale = 1.0
-    if name in ("rotary", "xpos"):
+    if name in ("rotary", "xpos", "xpos_bca"):
         angle = m * theta
     elif name == "rope_pi":  # Chen et al. eq. 4: position m -> m·L/L'
         angle = m / s * theta
@@ -253,7 +255,8 @@ def reference_qk(name, q, k, d, L):
     else:
         return q, k
     q, k = rotate(q, angle), rotate(k, angle)
-    if name == "xpos":  # torchscale XPOS: ζ_i = (2i + 0.4d)/(1.4d), q·ζ^(m/512), k·ζ^(-n/512)
+    if name in ("xpos", "xpos_bca"):  # torchscale XPOS: ζ_i = (2i + 0.4d)/(1.4d),
+        # q·ζ^(m/512), k·ζ^(-n/512)
         zeta = (2 * i + 0.4 * d) / (1.4 * d)
         up = torch.cat((zeta, zeta)) ** (m / 512)  # (N, Dh): both members of a pair
         q_scale, k_scale = up, 1 / up
@@ -291,7 +294,11 @@ def reference_attention(attn, name, pe, x, L):
     q, k, v = (t.view(B, N, pe.n_heads, -1).transpose(1, 2) for t in attn.qkv(x).chunk(3, -1))
     q, k = reference_qk(name, q, k, pe.head_dim, L)
     scores = q @ k.transpose(-1, -2) / math.sqrt(pe.head_dim) + reference_bias(name, pe, N)
-    scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+    i = torch.arange(N)
+    hidden = i[None, :] > i[:, None]  # (N, N) future keys
+    if name == "xpos_bca":  # Sun et al. §3.3: blocks of L/2, own block and the previous one
+        hidden |= i[None, :] // (L // 2) < i[:, None] // (L // 2) - 1
+    scores = scores.masked_fill(hidden, float("-inf"))
     return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, D))
 
 

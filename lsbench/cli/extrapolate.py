@@ -26,7 +26,8 @@ def extrapolate_cmd(
     train_len: Annotated[int, typer.Option(
         "--train-len", "-L", help="Training length L (tokens = bytes).")] = 512,
     positions_: Annotated[str | None, typer.Option(
-        "--positions", help="Comma-separated position methods (`lsbench list positions`) "
+        "--positions", help="Comma-separated position methods (`lsbench list positions`); "
+        "xpos+bca rescores the xpos model with blockwise causal attention (no retraining) "
         "\\[default: sinusoidal,rotary,t5,alibi + the control none].", show_default=False)
     ] = None,
     corpus: Annotated[str, typer.Option(

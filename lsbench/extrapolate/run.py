@@ -139,16 +139,30 @@ def parse_eval_lens(spec: str | Sequence | None, train_len: int) -> list[int]:
     return sorted(set(lens))
 
 
+# eval-time variants chosen in --positions that rescore another method's checkpoint without
+# retraining: row label -> (trained method, registered position method used to score)
+RESCORED = {"xpos+bca": ("xpos", "xpos_bca")}
+_RESCORED_ALIASES = {method: label for label, (_, method) in RESCORED.items()}
+
+
 def parse_positions(spec: str | Sequence | None) -> list[str]:
+    """Position names in order; an eval-time variant (xpos+bca, or its registry name xpos_bca)
+    brings in the method whose checkpoint it rescores, placed before it."""
     names = list(DEFAULT_POSITIONS) if not spec else (
         [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     )
     if not names:
         raise LsbenchError("--positions is empty; e.g. --positions alibi,rotary.")
+    out: list[str] = []
     for name in names:
-        if name not in position_registry.REGISTRY:
-            raise unknown_choice("position method", name, position_registry.REGISTRY, "--positions")
-    return list(dict.fromkeys(names))
+        name = _RESCORED_ALIASES.get(name, name)
+        if name in RESCORED:
+            out.append(RESCORED[name][0])
+        elif name not in position_registry.REGISTRY:
+            raise unknown_choice("position method", name,
+                                 [*position_registry.REGISTRY, *RESCORED], "--positions")
+        out.append(name)
+    return list(dict.fromkeys(out))
 
 
 # eval-time RoPE scalings of the rotary checkpoint: short name -> registered position method
@@ -324,7 +338,7 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
     events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict())
 
     curve: list[dict] = []
-    for name in names:
+    for name in (n for n in names if n not in RESCORED):  # those rescore a trained checkpoint
         cfg = CausalLMConfig(position=name, vocab_size=VOCAB_SIZE, d_model=p.d_model,
                              n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len)
         meta = checkpoint_meta(cfg, p, train_len, steps, seed, data.files_sha256)
@@ -343,14 +357,19 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
                   for i, (loss, lr) in enumerate(zip(state.losses, state.lrs, strict=True))]
         result.rows += _evaluate_all(model, name, stream, lens, stride, span, train_len, p, dev,
                                      events)
-        for short in scalings if name == "rotary" else ():
-            # the same trained weights, scored with scaled rotary angles (no retraining)
-            scaled = CausalLM(CausalLMConfig(
-                position=ROPE_SCALINGS[short], vocab_size=VOCAB_SIZE, d_model=p.d_model,
+        rescored = [(f"rotary+{short}", ROPE_SCALINGS[short])
+                    for short in (scalings if name == "rotary" else ())]
+        rescored += [(label, method) for label, (base, method) in RESCORED.items()
+                     if base == name and label in names]
+        for label, method in rescored:
+            # the same trained weights, scored with another position method (no retraining):
+            # scaled rotary angles, or xPos with blockwise causal attention
+            other = CausalLM(CausalLMConfig(
+                position=method, vocab_size=VOCAB_SIZE, d_model=p.d_model,
                 n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len))
-            scaled.load_state_dict(model.state_dict())
-            result.rows += _evaluate_all(scaled.to(dev), f"rotary+{short}", stream, lens, stride,
-                                         span, train_len, p, dev, events)
+            other.load_state_dict(model.state_dict())
+            result.rows += _evaluate_all(other.to(dev), label, stream, lens, stride, span,
+                                         train_len, p, dev, events)
         add_relative_columns(result.rows, train_len)
         run["control_warnings"] = control_warnings(result.rows, train_len)
         _write_json(out / "run.json", run)

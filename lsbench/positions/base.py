@@ -54,6 +54,12 @@ class Position(nn.Module):
         """The longest window this method can represent, or None for any length."""
         return None
 
+    def attention_block(self, n: int) -> int | None:
+        """Block length b when a window of n positions is scored with blockwise causal attention
+        (each query sees keys of its own block of b and the previous block; `xpos_bca`), or
+        None for plain causal attention. Rotary, absolute and none kinds only."""
+        return None
+
     @classmethod
     def check_params(cls, n_heads: int, head_dim: int, params: dict[str, Any]) -> None:
         """Raise LsbenchError naming a parameter whose value is invalid. Override to add checks."""
