@@ -280,9 +280,31 @@ def _join(*parts: str | None) -> str:
 
 
 def _epoch(iso: str | None) -> float:
+    parsed = _parse_epoch(iso)
+    return time.time() if parsed is None else parsed
+
+
+def _parse_epoch(iso: Any) -> float | None:
     from datetime import datetime
 
     try:
         return datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
-        return time.time()
+        return None
+
+
+def steal_points(rows: Any, started_at: str | None) -> list[tuple[float, float]]:
+    """(seconds since the run started, steal share) per measured row with a known share, as
+    data (rows: the run's results as a DataFrame); [] where no row recorded steal."""
+    import pandas as pd
+
+    if rows is None or rows.empty or "steal_share" not in rows or "measured_at" not in rows:
+        return []
+    t0 = _epoch(started_at)
+    out = []
+    for at, share in zip(rows["measured_at"], pd.to_numeric(rows["steal_share"],
+                                                             errors="coerce"), strict=True):
+        t = _parse_epoch(at)
+        if pd.notna(share) and t is not None:
+            out.append((t - t0, float(share)))
+    return sorted(out)

@@ -307,6 +307,57 @@ def training_curve_figure(curve: pd.DataFrame) -> plt.Figure | None:
     return fig
 
 
+# --- the canary (issue 21) -----------------------------------------------------------------
+
+def canary_plot(run, out_dir: Path) -> Plot | None:
+    """The canary's readings over the run (median with IQR bars, drifted ones in red, the
+    first reading ±10% shaded) above each row's hypervisor steal share; None without a
+    canary. The data: lsbench.measure.canary.canary_series / steal_points."""
+    from lsbench.measure.canary import DRIFT_LIMIT, canary_series, steal_points
+    from lsbench.measure.steal import MAX_STEAL_SHARE
+
+    series = canary_series(run.path, run.meta)
+    if not series:
+        return None
+    steal = steal_points(run.rows, run.meta.get("started_at"))
+    fig, axes = plt.subplots(2 if steal else 1, 1, figsize=(7.5, 4.6 if steal else 2.8),
+                             sharex=True, squeeze=False, constrained_layout=True)
+    ax = axes[0][0]
+    t = [r["t_s"] for r in series]
+    ms = [r["ms"] for r in series]
+    ref = series[0]["ms"]
+    ax.axhspan(ref * (1 - DRIFT_LIMIT), ref * (1 + DRIFT_LIMIT), color="0.85", alpha=0.6,
+               label=f"first reading ±{DRIFT_LIMIT:.0%}")
+    ax.errorbar(t, ms, yerr=[r.get("iqr_ms", 0) / 2 for r in series], color="0.3",
+                marker="o", markersize=4, linewidth=1, capsize=2, label="canary (median, IQR)")
+    bad = [r for r in series if r.get("drift")]
+    if bad:
+        ax.plot([r["t_s"] for r in bad], [r["ms"] for r in bad], "o", color="#d62728",
+                markersize=6, label="drifted")
+    ax.set_ylabel("canary ms per call", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=8)
+    if steal:
+        ax2 = axes[1][0]
+        ax2.plot([x for x, _ in steal], [100 * y for _, y in steal], "s", markersize=3,
+                 color="#1f77b4", label="rows")
+        ax2.axhline(100 * MAX_STEAL_SHARE, color="#d62728", linewidth=0.8, linestyle="--",
+                    label=f"contended above {MAX_STEAL_SHARE:.0%}")
+        ax2.set_ylabel("steal % of CPU", fontsize=9)
+        ax2.set_ylim(bottom=0)
+        ax2.legend(fontsize=7, frameon=False, loc="best")
+        ax2.grid(True, alpha=0.3)
+        ax2.tick_params(labelsize=8)
+    axes[-1][0].set_xlabel("seconds since the run started", fontsize=9)
+    return render(fig, "canary", "Canary and steal over the run",
+                  "A fixed matmul + SDPA timed at the start, about every 30 s and at the end: "
+                  "a reading outside its first reading by > 10% and 3 MADs (red) means the "
+                  "machine changed speed, and rows measured next to it are marked drift (§). "
+                  "Below, each row's share of the CPU the hypervisor took (steal, /proc/stat).",
+                  out_dir)
+
+
 # --- output -------------------------------------------------------------------------------
 
 def render(fig: plt.Figure, name: str, title: str, caption: str, out_dir: Path) -> Plot:

@@ -295,7 +295,7 @@ def headlines(rows: pd.DataFrame) -> list[str]:
 
 # --- noise and failures -------------------------------------------------------------------
 
-MARKS = {"noisy": "†", "contended": "‡", "spread_unknown": "?"}
+MARKS = {"noisy": "†", "contended": "‡", "drift": "§", "spread_unknown": "?"}
 
 
 def row_marks(r: Any) -> str:

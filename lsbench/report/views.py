@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from lsbench.extrapolate.analysis import CONTROL, control_warnings
+from lsbench.measure.canary import canary_series
+from lsbench.measure.canary import describe as canary_describe
 from lsbench.report import plots, tables
 from lsbench.report.load import NOISE_LIMIT, Run
 from lsbench.report.tables import STATUS_MARK, fmt_num
@@ -167,6 +169,8 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         prefix = f"{anchor}-{i}"
         group = where if len(sets) > 1 else ""
         sec.tables += _latency_tables(sub, prefix, group, sec.exports, suffix)
+    canary = plots.canary_plot(run, plot_dir) if plot_dir else None  # issue 21
+    sec.plots += [canary] if canary else []
     sec.failures = frame_view(
         tables.failed_rows(rows), f"{anchor}-failed", "Failed configurations",
         {"variant": ("variant", _text), "mode": ("mode", _text),
@@ -224,7 +228,8 @@ def _latency_tables(rows: pd.DataFrame, prefix: str, group: str,
             out.append(pivot_view(p, f"{prefix}-{name}-{p.mode}-b{p.batch_size}", unit,
                                   "" if name == "memory" else
                                   "† noisy (IQR > 10% of the median), ‡ contended (another "
-                                  "process took the CPU), ? fewer than 3 samples (spread "
+                                  "process took the CPU), § drift (the canary moved next "
+                                  "to this row), ? fewer than 3 samples (spread "
                                   "unknown). OOM / skip / timeout / error: the configuration "
                                   "did not produce a number.",
                                   mark_noisy=name == "latency"))
@@ -509,8 +514,9 @@ def _common(sec: Section, run: Run) -> None:
     shown = {"kind", "suite", "preset", "lsbench_version", "device", "device_name",
              "machine_peak_gflops", "machine_peak", "started_at", "finished_at", "threads", "env",
              "suite_config", "corpus", "args", "command", "synthetic", "optimizer",
-             "control_warnings", "eval_ceilings", "train_len_note"}
+             "control_warnings", "eval_ceilings", "train_len_note", "canary"}
     trust += [(k.replace("_", " "), _env_value(v)) for k, v in meta.items() if k not in shown]
+    trust.append(("canary", canary_describe(canary_series(run.path, meta))))
     sec.trust = [(k, v) for k, v in trust if v]
     sec.env = [(k, _env_value(v)) for k, v in run.env.items()]
 
