@@ -64,10 +64,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), mask=mask)
         return x + self.ffn(self.ln2(x))
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
         if self.sublayer_only:
-            return self.attn.prefill(x, capacity, fused)
-        a, state = self.attn.prefill(self.ln1(x), capacity, fused)
+            return self.attn.prefill(x, capacity, state_only)
+        a, state = self.attn.prefill(self.ln1(x), capacity, state_only)
         x = x + a
         return x + self.ffn(self.ln2(x)), state
 
@@ -93,13 +93,14 @@ class Encoder(nn.Module):
             x = block(x, mask)
         return self.ln_f(x)
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, fused: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
         """Causal forward over (B, N, D) that also returns each layer's decoding state
         (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens;
-        `fused` lets a variant build the state with a cheaper exact kernel (untimed prefills)."""
+        `state_only` lets a variant skip work that does not shape its state (see
+        lsbench.variants._decode.Decoder.prefill): for states that are timed, not compared."""
         states = []
         for block in self.blocks:
-            x, state = block.prefill(x, capacity, fused)
+            x, state = block.prefill(x, capacity, state_only)
             states.append(state)
         return self.ln_f(x), states
 

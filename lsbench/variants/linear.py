@@ -163,7 +163,7 @@ class Linear(QKVAttention):
         if not self.causal:
             Decoder.decode_check(self)
 
-    def prefill(self, x, capacity=None, fused=False):
+    def prefill(self, x, capacity=None, state_only=False):
         """The causal forward, then the state after its last token: S = Σ φ(k)vᵀ, z = Σ φ(k)
         in `accum_dtype` (one O(N·D·Dh) pass over the captured keys and values)."""
         self.decode_check()
