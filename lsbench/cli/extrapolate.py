@@ -114,7 +114,7 @@ class _ExtrapolateView:
         self.task = self.progress.add_task(description, total=total, completed=completed,
                                            info="")
 
-    def on_start(self, out, args, corpus, preset) -> None:
+    def on_start(self, out, args, corpus, preset, warnings=()) -> None:
         self.out, self.lens = out, args["eval_lens"]
         nb = corpus["n_bytes"]
         console.print(
@@ -129,6 +129,8 @@ class _ExtrapolateView:
             f"{args['eval_tokens']:,} tokens at {args['eval_lens']}"
             + (f", sliding stride {args['stride']} on the last {args['sliding_tokens']:,}"
                if args["stride"] else ""), highlight=False)
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
         console.print(f"writing {out}", highlight=False)
         self.progress.start()
 

@@ -51,6 +51,20 @@ def ngram_ceilings(train: torch.Tensor, stream: torch.Tensor) -> dict:
             "fit_on": "train split, add-one smoothing", "targets": len(ev) - 1}
 
 
+def repeat_warning(budget_tokens: int, corpus_tokens: int, corpus: str) -> str | None:
+    """A warning when each method's training budget is more than one pass over the train split
+    (batches are random windows, so each train token is then seen budget/corpus times on
+    average), or None."""
+    passes = budget_tokens / max(1, corpus_tokens)
+    if passes <= 1:
+        return None
+    return (f"the training budget ({budget_tokens:,} tokens per method) is {passes:.1f}× the "
+            f"{corpus_tokens:,} train tokens of corpus {corpus!r}: each train token is seen "
+            f"~{passes:.1f} times, so a large model can start to memorise the train split and "
+            "the perplexities mix extrapolation with overfitting; give a bigger --corpus, or "
+            f"--train-tokens {corpus_tokens} or fewer for at most one pass.")
+
+
 def add_relative_columns(rows: list[dict], train_len: int) -> None:
     """Set `ppl_ratio` = ppl(n)/ppl(L) and `delta_bits` = (loss(n) - loss(L)) / ln 2 on each row
     (bits per token; a token is a byte or an end-of-file marker), per position and eval mode."""

@@ -35,7 +35,12 @@ import torch
 import lsbench
 from lsbench import positions as position_registry
 from lsbench.errors import LsbenchError, unknown_choice
-from lsbench.extrapolate.analysis import add_relative_columns, control_warnings, ngram_ceilings
+from lsbench.extrapolate.analysis import (
+    add_relative_columns,
+    control_warnings,
+    ngram_ceilings,
+    repeat_warning,
+)
 from lsbench.extrapolate.corpus import load_corpus
 from lsbench.extrapolate.evaluate import (
     MIN_TRUSTED_TOKENS,
@@ -319,7 +324,9 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
             "device": str(dev), "seed": seed, "threads": torch.get_num_threads(),
             "train_tokens": steps * p.batch_size * train_len, "train_steps": steps,
             "eval_tokens": n_targets, "sliding_tokens": span,
-            "min_trusted_tokens": MIN_TRUSTED_TOKENS, "rope_scaling": list(scalings)}
+            "min_trusted_tokens": MIN_TRUSTED_TOKENS, "rope_scaling": list(scalings),
+            # passes over the train split (random windows: the mean times a token is seen)
+            "train_passes": round(steps * p.batch_size * train_len / len(train_stream), 3)}
     from lsbench.measure.env import fingerprint
 
     run = {"kind": "extrapolate", "command": command, "args": args, "env": fingerprint(),
@@ -331,11 +338,15 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
            # per method: AdamW groups (peak lr, weight decay), disclosed in the report
            "optimizer": {},
            "eval_ceilings": ngram_ceilings(train_stream, stream),
-           "control_warnings": []}
+           "control_warnings": [],
+           # shown by the terminal summary and as banners in the report
+           "warnings": [w for w in [repeat_warning(args["train_tokens"], len(train_stream),
+                                                   data.name)] if w]}
     t0 = time.perf_counter()
     _write_json(out / "run.json", run)
     result = ExtrapolationResult(out=out, run=run)
-    events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict())
+    events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict(),
+           warnings=run["warnings"])
 
     curve: list[dict] = []
     for name in (n for n in names if n not in RESCORED):  # those rescore a trained checkpoint

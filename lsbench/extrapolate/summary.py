@@ -76,7 +76,8 @@ def summarize(rows: list[dict], training: list[dict], run: dict) -> Summary:
           f"{t['train_time_s']:.0f}", f"{t['tokens_per_s']:,.0f}" if t["tokens_per_s"] else "-",
           "-" if t["peak_mem_mib"] is None else f"{t['peak_mem_mib']:.1f}",
           f"{t['final_train_loss']}", _lrs(run, t["position"])] for t in training]))
-    out.warnings = [w["message"] for w in run.get("control_warnings", [])]
+    out.warnings = [*run.get("warnings", []),
+                    *(w["message"] for w in run.get("control_warnings", []))]
     positions = [t["position"] for t in training]
     if CONTROL not in positions:
         out.warnings.append(f"no `{CONTROL}` control was trained (add it to --positions): "
