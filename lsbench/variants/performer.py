@@ -15,13 +15,17 @@ features, every key's by the max over all (real) keys and features, and eps is a
 feature. Shifts that are the same for all keys (or all features of one query) cancel in the
 ratio; the 1/√m factors cancel too and are left out.
 
-- Causal: a query i must not see the key shift of later keys (through the eps term it would
-  leak the future, as performer-pytorch's causal mode does). Causal output i is defined as the
-  non-causal output over keys 0..i, whose key shift is the running max M_i; multiplying through
-  by exp(M_i − G) for one global constant G (which then cancels exactly) turns it into prefix
-  sums plus an eps term eps·exp(M_i − G)·Σφ(q_i)·(Σ_{j≤i} v_j, i + 1). The prefix sums are
-  computed in chunks of `chunk` positions like `linear.py`: quadratic form inside a chunk,
-  exclusive cumulative sum of chunk states across chunks (no loop over positions).
+- Causal: output i is the non-causal output over keys 0..i, whose key shift is the running
+  max M_i = max_{j<=i} m_j of the per-key maxima m_j; so a later key never changes an earlier
+  output (through the shift and eps it would: performer-pytorch's causal mode, which shifts by
+  the max over all keys, leaks the future). Every exponential is of a difference <= 0, so
+  nothing overflows or flushes to zero at any input scale: each key keeps its own shift,
+  φ(k_j) = exp(e_j − m_j)·exp(m_j − M_i) + eps. In chunks of `chunk` positions (as `linear.py`):
+  inside a chunk the masked quadratic form with the (C, C) factor exp(m_j − M_i); each chunk's
+  state Σ φ(k_j) v_jᵀ is taken relative to its own max μ_c; chunk states are passed on by an
+  (M, M) matrix exp(μ_c' − Q_c), c' < c, Q_c = max of μ before chunk c (the state passing of
+  Mamba-2's SSD: cumulative max, no loop over chunks or positions), and read out with
+  exp(Q_c − M_i). The eps part, eps·Σ_r φ(q_i)·(Σ_{j<=i} v_j, i + 1), needs no shift at all.
 - Redraw: while training, W is redrawn every `redraw_interval` forward calls (performer-pytorch's
   `feature_redraw_interval`, default 1000; 0 never redraws). Evaluation never redraws.
 - Padding: masked keys are excluded from every sum and from the key max.
@@ -73,15 +77,14 @@ def key_exponents(k: torch.Tensor, proj: torch.Tensor, keep: torch.Tensor | None
     """(exponent W k' − |k'|²/2 (B, H, N, R), per-key max of W k' (B, H, N), global shift G).
 
     G is the max of W k' over real keys and features per (batch, head), as the official code
-    shifts keys; masked keys are -inf in the per-key max.
+    shifts keys (the non-causal path); the per-key max is that of every key, real or not.
     """
     x = k * k.shape[-1] ** -0.25
     dash = x @ proj.t()  # (B, H, N, R)
     expo = dash - 0.5 * (x * x).sum(-1, keepdim=True)
     key_max = dash.amax(-1).detach()  # (B, H, N)
-    if keep is not None:
-        key_max = key_max.masked_fill(~keep, float("-inf"))
-    shift = key_max.amax(-1, keepdim=True)  # (B, H, 1)
+    real_max = key_max if keep is None else key_max.masked_fill(~keep, float("-inf"))
+    shift = real_max.amax(-1, keepdim=True)  # (B, H, 1)
     shift = torch.where(torch.isfinite(shift), shift, 0.0)  # a sequence with no real token
     return expo, key_max, shift
 
@@ -93,46 +96,66 @@ def favor_attention(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor) -> torc
     return (qf @ kv) / (qf @ z)
 
 
-def causal_favor_attention(qf: torch.Tensor, kt: torch.Tensor, v: torch.Tensor,
-                           tail: torch.Tensor, count: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Causal prefix sums in chunks.
+def causal_favor_attention(qf: torch.Tensor, expo: torch.Tensor, key_max: torch.Tensor,
+                           v: torch.Tensor, keep: torch.Tensor | None, chunk: int
+                           ) -> torch.Tensor:
+    """Output i = non-causal FAVOR+ over keys 0..i (key shift: their running max), in chunks.
 
-    qf: φ(q) (B, H, N, R); kt: exp(exponent − G) of keys, zero for masked ones (B, H, N, R);
-    v: (B, H, N, Dh), zero for masked keys; tail: eps·exp(M_i − G)·Σ_r φ(q_i) (B, H, N, 1), the
-    weight every earlier real key gets through eps; count: real keys <= i (B, 1, N, 1).
+    qf: φ(q) (B, H, N, R); expo: key exponents W k' − |k'|²/2 (B, H, N, R); key_max: per-key
+    max of W k' (B, H, N); v: (B, H, N, Dh); keep: real keys (B, 1, N) or None.
     """
     B, H, N, R = qf.shape
     Dh = v.shape[-1]
-    num = tail * v.cumsum(2)  # (B, H, N, Dh): eps term, Σ_{j<=i} v_j
-    den = tail * count  # (B, H, N, 1)
+    low = torch.finfo(qf.dtype).min  # "no real key": finite, so low − low = 0, never nan
+    kexp = torch.exp(expo - key_max[..., None])  # (B, H, N, R): each key at its own max, <= 1
+    m = key_max
+    if keep is not None:
+        kexp = kexp * keep[..., None]
+        v = v * keep[..., None]
+        m = m.masked_fill(~keep, low)
+    count = (torch.arange(1, N + 1, device=qf.device, dtype=qf.dtype).view(1, 1, N)
+             if keep is None else keep.to(qf.dtype).cumsum(-1))  # real keys <= i
+    # eps·φ(q_i)·1 weighs every earlier real key alike: no shift involved
+    tail = EPS * qf.sum(-1, keepdim=True)  # (B, H, N, 1)
+    num, den = tail * v.cumsum(2), tail[..., 0] * count  # (B, H, N, Dh), (B, H, N)
     C = min(chunk, N)
     M = -(-N // C)
     pad = M * C - N
     if pad:  # zero features at the tail add nothing; the tail rows are cropped
-        qf, kt, v = (F.pad(t, (0, 0, 0, pad)) for t in (qf, kt, v))
-    qc, kc = qf.view(B, H, M, C, R), kt.view(B, H, M, C, R)  # (B, H, M, C, R)
-    vc = v.view(B, H, M, C, Dh)  # (B, H, M, C, Dh)
-    # earlier chunks: exclusive cumulative sums of chunk states
-    kv = kc.transpose(-2, -1) @ vc  # (B, H, M, R, Dh)
-    kv = kv.cumsum(2) - kv
-    z = kc.sum(-2, keepdim=True)  # (B, H, M, 1, R)
-    z = z.cumsum(2) - z
-    # inside the chunk: the masked quadratic form
+        qf, kexp, v = (F.pad(t, (0, 0, 0, pad)) for t in (qf, kexp, v))
+        m = F.pad(m, (0, pad), value=low)
+    run = m.cummax(-1).values  # (B, H, N'): M_i, the key shift of output i
+    qc, kc, vc = (t.view(B, H, M, C, -1) for t in (qf, kexp, v))  # (B, H, M, C, R or Dh)
+    mc, runc = m.view(B, H, M, C), run.view(B, H, M, C)
+    # inside the chunk: φ(q_i)·kexp_j·exp(m_j − M_i) for j <= i
     tril = torch.ones(C, C, dtype=torch.bool, device=qf.device).tril()
-    a = (qc @ kc.transpose(-2, -1)).masked_fill(~tril, 0.0)  # (B, H, M, C, C)
-    num_c = a @ vc + qc @ kv  # (B, H, M, C, Dh)
-    den_c = a.sum(-1, keepdim=True) + (qc * z).sum(-1, keepdim=True)  # (B, H, M, C, 1)
+    rel = (mc[..., None, :] - runc[..., :, None]).masked_fill(~tril, float("-inf"))
+    a = (qc @ kc.transpose(-2, -1)) * torch.exp(rel)  # (B, H, M, C, C)
+    # chunk states relative to the chunk's own max μ_c
+    mu = mc.amax(-1)  # (B, H, M)
+    kw = kc * torch.exp(mc - mu[..., None])[..., None]  # (B, H, M, C, R)
+    states = kw.transpose(-2, -1) @ vc  # (B, H, M, R, Dh)
+    sums = kw.sum(-2)  # (B, H, M, R)
+    # pass them on: chunk c sees c' < c with weight exp(μ_c' − Q_c), Q_c = max_{c' < c} μ_c'
+    Q = F.pad(mu.cummax(-1).values, (1, 0), value=low)[..., :M]  # (B, H, M)
+    before = torch.ones(M, M, dtype=torch.bool, device=qf.device).tril(-1)
+    W = torch.exp((mu[..., None, :] - Q[..., :, None]).masked_fill(~before, float("-inf")))
+    entering = (W @ states.reshape(B, H, M, R * Dh)).view(B, H, M, R, Dh)
+    entering_sums = W @ sums  # (B, H, M, R)
+    g = torch.exp(Q[..., None] - runc)  # (B, H, M, C): from Q_c to each query's M_i, <= 1
+    num_c = a @ vc + g[..., None] * (qc @ entering)  # (B, H, M, C, Dh)
+    den_c = a.sum(-1) + g * (qc @ entering_sums[..., None])[..., 0]  # (B, H, M, C)
     num = num + num_c.view(B, H, M * C, Dh)[:, :, :N]
-    den = den + den_c.view(B, H, M * C, 1)[:, :, :N]
-    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+    den = den + den_c.view(B, H, M * C)[:, :, :N]
+    return num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]
 
 
 class Performer(QKVAttention):
     name = "performer"
     method = "FAVOR+: softmax kernel by positive orthogonal random features; causal by prefix sums"
     paper = "Choromanski et al. 2021, Performers, https://arxiv.org/abs/2009.14794"
-    time_complexity = "O(N·m·D)"
-    memory_complexity = "O(H·N·m) (causal: + H·N·(chunk + m·Dh/chunk))"
+    time_complexity = "O(N·m·D) (causal: + (N/chunk)²·m·D state passing)"
+    memory_complexity = "O(H·N·m) (causal: + H·N·(chunk + m·Dh/chunk) + H·(N/chunk)²)"
     supports_causal = True
     # nb_features: m, the official code's default 256; redraw_interval: training calls between
     # redraws (performer-pytorch's default); chunk: causal prefix-sum chunk (not in the paper)
@@ -153,9 +176,10 @@ class Performer(QKVAttention):
     def mem_elems(cls, batch_size, seq_len, d_model, n_heads, params, causal=False):
         R, head_dim = params["nb_features"], d_model // n_heads
         elems = 8.0 * batch_size * seq_len * d_model + 3.0 * batch_size * n_heads * seq_len * R
-        if causal:  # chunk scores (B, H, M, C, C) and chunk states (B, H, M, R, Dh), twice
-            C = params["chunk"]
-            elems += batch_size * n_heads * seq_len * (C + 2.0 * R * head_dim / C)
+        if causal:  # chunk scores and their decay factors (B, H, M, C, C), chunk states and the
+            C = params["chunk"]  # states entering each chunk (B, H, M, R, Dh), (M, M) passing
+            M = -(-seq_len // min(C, seq_len))
+            elems += batch_size * n_heads * (seq_len * (2.0 * C + 2.0 * R * head_dim / C) + M * M)
         return elems
 
     @classmethod
@@ -173,11 +197,13 @@ class Performer(QKVAttention):
             return cls.flops(batch_size, seq_len, d_model, n_heads, params)
         rows, R = batch_size * seq_len, params["nb_features"]
         C = min(params["chunk"], seq_len)
-        padded = batch_size * -(-seq_len // C) * C  # rows after padding to whole chunks
+        M = -(-seq_len // C)
+        padded = batch_size * M * C  # rows after padding to whole chunks
         return (linear_flops(rows, d_model, 4 * d_model) + 4.0 * rows * d_model * R
                 + 2.0 * padded * C * (n_heads * R + d_model)  # φ(q)φ(k)ᵀ and A·V in chunks
                 + 4.0 * padded * d_model * R  # chunk states and their read-out
-                + 2.0 * padded * n_heads * R)  # read-out of the key sums
+                + 2.0 * padded * n_heads * R  # read-out of the key sums
+                + 2.0 * batch_size * M * M * (d_model * R + n_heads * R))  # (M, M) passing
 
     @torch.no_grad()
     def redraw(self) -> None:
@@ -193,30 +219,21 @@ class Performer(QKVAttention):
                 self.calls_since_redraw = 0
             else:
                 self.calls_since_redraw += 1
-        q, k, v = (t.float() for t in self.project(x))  # 3 × (B, H, N, Dh)
-        proj = self.projection.float()
+        acc = torch.promote_types(x.dtype, torch.float32)  # exp and the sums: >= float32
+        q, k, v = (t.to(acc) for t in self.project(x))  # 3 × (B, H, N, Dh)
+        proj = self.projection.to(acc)
         keep = None if mask is None else mask[:, None, :].to(torch.bool)  # (B, 1, N)
         qf = query_features(q, proj)  # (B, H, N, R)
-        expo, key_max, shift = key_exponents(k, proj, keep)
-        if keep is not None:
-            v = v * keep[..., None]
-        if not self.causal:
+        expo, key_max, shift = key_exponents(k, proj, keep)  # key_max: (B, H, N)
+        if self.causal:
+            y = causal_favor_attention(qf, expo, key_max, v, keep, self.params["chunk"])
+        else:
+            if keep is not None:
+                v = v * keep[..., None]
             kf = torch.exp(expo - shift[..., None]) + EPS  # (B, H, N, R)
             if keep is not None:
                 kf = kf * keep[..., None]
             y = favor_attention(qf, kf, v)
-        else:
-            kt = torch.exp(expo - shift[..., None])  # (B, H, N, R), eps handled by `tail`
-            if keep is not None:
-                kt = kt * keep[..., None]
-            running = key_max.cummax(-1).values  # (B, H, N): the key shift of keys 0..i
-            tail = EPS * torch.exp(running - shift) * qf.sum(-1)  # (B, H, N)
-            if keep is None:
-                count = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=qf.dtype)
-                count = count.view(1, 1, -1, 1)  # (1, 1, N, 1)
-            else:
-                count = keep.to(qf.dtype).cumsum(-1)[..., None]  # (B, 1, N, 1)
-            y = causal_favor_attention(qf, kt, v, tail[..., None], count, self.params["chunk"])
         return self.out(merge_heads(y.to(x.dtype)))  # (B, N, D)
 
 
