@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from synthetic_runs import model_rows, write_extrapolation_run, write_latency_run
@@ -132,3 +133,108 @@ def test_parse_percent_rejects_garbage():
 def test_compare_help_documents_exit_codes():
     res = runner.invoke(app, ["compare", "--help"])
     assert res.exit_code == 0 and "Exit codes" in res.output
+
+
+# --- issue 21: a machine that changed speed between the runs --------------------------------
+
+def _canary(path, ms, readings=5, jitter=0.01):
+    """canary.jsonl as `lsbench run` writes it: readings of a fixed workload at `ms`."""
+    spec = {"matmul": [256, 256, 256], "sdpa": [1, 2, 512, 64], "device": "cpu",
+            "dtype": "float32", "threads": 2}
+    lines = []
+    for i in range(readings):
+        m = ms * (1 + jitter * math.sin(i + 1))
+        lines.append(json.dumps({"index": i, "label": "start" if i == 0 else "interval",
+                                 "t_s": 30.0 * i, "ms": m, "iqr_ms": 0.04 * m, "mad_ms": 0.02 * m,
+                                 "ratio": 1.0, "drift": False, "steal_share": 0.0,
+                                 "spec": spec}))
+    (path / "canary.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _slow_machine_rows(factor, planted=None):
+    """Every row `factor` x slower with a +-3% scatter (a slower machine is never exactly
+    uniform); `planted` variant another 2x slower (a real regression)."""
+    rows = _rows()
+    for i, r in enumerate(rows):
+        if r["status"] != "ok":
+            continue
+        f = factor * (1 + 0.03 * math.sin(7 * i)) * (2.0 if r["variant"] == planted else 1.0)
+        for k in ("latency_ms", "latency_ms_ci_low", "latency_ms_ci_high", "latency_ms_iqr"):
+            r[k] *= f
+    return rows
+
+
+@pytest.fixture
+def machine_runs(tmp_path):
+    a = _canary(write_latency_run(tmp_path / "a", _rows()), 3.0)
+    slow = _canary(write_latency_run(tmp_path / "slow", _slow_machine_rows(1.5)), 4.5)
+    planted = _canary(write_latency_run(tmp_path / "planted",
+                                        _slow_machine_rows(1.5, planted="linear")), 4.5)
+    return a, slow, planted
+
+
+def test_a_slower_machine_is_said_first_and_normalized_away(machine_runs):
+    a, slow, _ = machine_runs
+    raw = runner.invoke(app, ["compare", str(a), str(slow), "--fail-above", "10%",
+                              "--normalize", "none"])
+    assert raw.exit_code == 2, raw.output  # raw: every row looks 1.5x slower
+    res = runner.invoke(app, ["compare", str(a), str(slow), "--fail-above", "10%"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert text.index("the machine ran 1.50x slower in run B: canary 3 ms -> 4.5") \
+        < text.index("ratio B/A")  # said before the rows
+    assert "relative to the canary" in text
+    cmp = compare_runs(a, slow)
+    assert cmp.normalized and cmp.machine.factor == pytest.approx(1.5, rel=0.01)
+    assert cmp.machine.moved["fired"]
+    ok = cmp.table[cmp.table["status_a"] == "ok"]
+    assert (ok["latency_ratio_normalized"] - 1).abs().max() < 0.10
+    assert cmp.regressions(0.10).empty
+
+
+def test_a_real_regression_on_a_slower_machine_is_still_found(machine_runs):
+    a, _, planted = machine_runs
+    res = runner.invoke(app, ["compare", str(a), str(planted), "--fail-above", "10%", "--json"])
+    assert res.exit_code == 2, res.output
+    data = json.loads(res.stdout)
+    assert data["machine"]["normalized"] and data["machine"]["canary_moved"]
+    bad = [r for r in data["rows"] if r["config_id"] in data["regressions"]]
+    assert bad and {r["variant"] for r in bad} == {"linear"}
+    assert all(r["latency_ratio_normalized"] == pytest.approx(2.0, rel=0.04) for r in bad)
+    linear_ok = [r for r in data["rows"] if r["variant"] == "linear" and r["status_a"] == "ok"]
+    assert len(bad) == len(linear_ok)  # every measured linear row, nothing else
+
+
+def test_old_runs_without_canaries_fall_back_to_the_all_rows_test(tmp_path):
+    a = write_latency_run(tmp_path / "a", _rows())
+    b = write_latency_run(tmp_path / "b", _slow_machine_rows(1.5))
+    res = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "10%"])
+    assert res.exit_code == 3, res.output  # machine or code? cannot tell: not comparable
+    text = " ".join(res.output.split())
+    assert "nearly all rows moved together" in text and "has no canary" in text
+    assert "not comparable" in text
+    assert runner.invoke(app, ["compare", str(a), str(b)]).exit_code == 0  # no gate: a report
+    raw = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "10%",
+                              "--normalize", "none"])
+    assert raw.exit_code == 2  # the user's choice: raw times gate
+    # without a machine-wide move, old runs compare as before
+    res = runner.invoke(app, ["compare", str(a), str(b := write_latency_run(
+        tmp_path / "c", _scale(_rows(), SLOW, 2.0))), "--fail-above", "5%"])
+    assert res.exit_code == 2 and "checked only by the all-rows test" in " ".join(
+        res.output.split())
+
+
+def test_all_rows_slower_with_a_steady_canary_is_a_real_change(tmp_path):
+    a = _canary(write_latency_run(tmp_path / "a", _rows()), 3.0)
+    b = _canary(write_latency_run(tmp_path / "b", _slow_machine_rows(1.5)), 3.0)
+    res = runner.invoke(app, ["compare", str(a), str(b), "--fail-above", "10%"])
+    assert res.exit_code == 2, res.output
+    assert "but the canary did not" in " ".join(res.output.split())
+    assert not compare_runs(a, b).normalized
+
+
+def test_normalize_rejects_other_values(runs):
+    a, b = runs
+    res = runner.invoke(app, ["compare", str(a), str(b), "--normalize", "median"])
+    assert res.exit_code == 1 and "canary or none" in res.output
