@@ -64,19 +64,23 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), mask=mask)
         return x + self.ffn(self.ln2(x))
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        return self._decode_call(self.attn.prefill, x, capacity)
+
+    def fill(self, x: torch.Tensor, state):
+        return self._decode_call(self.attn.fill, x, state)
+
+    def step(self, x_t: torch.Tensor, state):
+        return self._decode_call(self.attn.step, x_t, state)
+
+    def _decode_call(self, attend, x: torch.Tensor, arg):
+        """The block around one of the sublayer's decoding calls -> (y, state)."""
         if self.sublayer_only:
-            return self.attn.prefill(x, capacity, state_only)
-        a, state = self.attn.prefill(self.ln1(x), capacity, state_only)
+            return attend(x, arg)
+        a, state = attend(self.ln1(x), arg)
         x = x + a
         return x + self.ffn(self.ln2(x)), state
 
-    def step(self, x_t: torch.Tensor, state):
-        if self.sublayer_only:
-            return self.attn.step(x_t, state)
-        a, state = self.attn.step(self.ln1(x_t), state)
-        x_t = x_t + a
-        return x_t + self.ffn(self.ln2(x_t)), state
 
 
 class Encoder(nn.Module):
@@ -93,16 +97,28 @@ class Encoder(nn.Module):
             x = block(x, mask)
         return self.ln_f(x)
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
         """Causal forward over (B, N, D) that also returns each layer's decoding state
-        (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens;
-        `state_only` lets a variant skip work that does not shape its state (see
-        lsbench.variants._decode.Decoder.prefill): for states that are timed, not compared."""
+        (lsbench.variants._decode); `capacity` preallocates KV caches for that many tokens."""
         states = []
         for block in self.blocks:
-            x, state = block.prefill(x, capacity, state_only)
+            x, state = block.prefill(x, capacity)
             states.append(state)
         return self.ln_f(x), states
+
+    def fill_state(self, x: torch.Tensor, capacity: int, chunk: int = 4096) -> list:
+        """Each layer's state after the N tokens of x (B, N, D), for timing decode steps: built
+        chunk by chunk with the variants' `fill` (no attention outputs, memory O(chunk)), or by
+        an exact `prefill` where a variant has no `fill` (lsbench.variants._decode.Decoder)."""
+        B, N, _ = x.shape
+        states = [b.attn.empty_state(B, capacity, x) for b in self.blocks]
+        if any(s is None for s in states):
+            return self.prefill(x, capacity)[1]
+        for i in range(0, N, chunk):
+            h = x[:, i:i + chunk]
+            for j, block in enumerate(self.blocks):
+                h, states[j] = block.fill(h, states[j])
+        return states
 
     def step(self, x_t: torch.Tensor, states: list):
         """One token (B, 1, D) at the depth the states hold -> (y_t, the states one deeper)."""

@@ -3,11 +3,11 @@
 - prefill: the causal forward over N tokens that also builds each layer's state; what is timed
   is `Encoder.prefill` (the variant's own forward plus the copy into its cache).
 - decode: one generated token at depth N. The state is built once, untimed, by a prefill of
-  N - 1 tokens (KV caches preallocated to N, so no step reallocates; KV variants fill their
-  caches from the projections alone, `state_only`, so a 128K-token context does not need an
-  O(N²) prefill first); the timed step then decodes token N from that state again and again.
-  Each step reads exactly the N keys in context (never the cache's capacity), and re-decoding
-  from the same state keeps the depth fixed at N.
+  N - 1 tokens (KV caches preallocated to N, so no step reallocates), chunk by chunk without
+  attention outputs where the variant can (`Encoder.fill_state`: a 128K-token context needs
+  no O(N²) prefill first and memory O(chunk) beyond the state); the timed step then decodes
+  token N from that state again and again. Each step reads exactly the N keys in context
+  (never the cache's capacity), and re-decoding from the same state keeps the depth at N.
 
 Per row: tokens/s (B·N / latency for prefill, B / latency for decode), the state's bytes per
 sequence measured from its tensors (`state_bytes`), the variant's formula beside it
@@ -54,7 +54,7 @@ def decode_step(model, x: torch.Tensor, mode: str) -> tuple[Callable, Callable, 
     if N < 2:
         raise LsbenchError("decode needs a depth of at least 2 tokens (a prefill of N - 1 >= 1).")
     with torch.no_grad():
-        _, states = model.prefill(x[:, :N - 1], capacity=N, state_only=True)
+        states = model.fill_state(x[:, :N - 1], capacity=N)
     x_t = x[:, N - 1:]  # (B, 1, D)
 
     def step():

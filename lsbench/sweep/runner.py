@@ -546,7 +546,7 @@ MARKS = {"oom": "OOM", "skipped": "skip", "timeout": "T/O", "error": "ERR", "uns
 
 def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (mode, dtype, batch rule): a variants × seq_len table of median latency (~ noisy,
-    ! contended)
+    ! contended, § measured next to a canary drift)
     and one of peak memory; failed configs show a mark (OOM, skip, T/O, ERR)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -572,8 +572,8 @@ def summary_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _latency_cell(r: dict[str, Any]) -> str:
     if r["status"] != "ok":
         return MARKS.get(r["status"], r["status"])
-    return (("!" if r.get("contended") else "") + ("~" if r.get("noisy") else "")
-            + _num(r["latency_ms"]))
+    return (("!" if r.get("contended") else "") + ("§" if r.get("drift") else "")
+            + ("~" if r.get("noisy") else "") + _num(r["latency_ms"]))
 
 
 def _mem_cell(r: dict[str, Any]) -> str:

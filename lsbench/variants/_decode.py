@@ -74,7 +74,15 @@ def heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 class Decoder:
-    """Mixin interface; the default says the variant has no incremental form."""
+    """Mixin interface; the default says the variant has no incremental form.
+
+    A decoding variant implements `prefill` and `step` (exact), and may implement
+    `empty_state` + `fill`: append a chunk of tokens to a state without computing their
+    attention outputs. Decode rows build their depth-N state that way, chunk by chunk (memory
+    O(chunk), no O(N²) prefill at 128K tokens): a step's cost does not depend on the values in
+    the state (no data-dependent control flow), and a state is the same whatever attention
+    computed for the earlier tokens in its own layer (tests/test_decode.py checks one layer's).
+    """
 
     decode_unsupported = ("it has no causal incremental form (its mixing of a token depends on "
                           "tokens after it)")
@@ -85,20 +93,25 @@ class Decoder:
             raise DecodeUnsupported(f"variant {self.name!r}: decoding needs causal=True.")
         raise DecodeUnsupported(f"variant {self.name!r} cannot decode: {self.decode_unsupported}.")
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
-        """Causal forward over x (B, N, D) -> (y, state holding N tokens).
-
-        `state_only=True` is for building a state that is then only timed, never compared: a
-        variant may skip work that does not shape its state. A KV cache is the keys and values
-        of x's projections whatever attention computes, so KV variants then skip attention (an
-        O(N²) prefill at 128K tokens) and return a stand-in output (each token attending only to
-        itself: finite and of the right scale for the next layer). A decode step's cost does not
-        depend on the cached values (no data-dependent control flow)."""
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
+        """Causal forward over x (B, N, D) -> (y, state holding N tokens); `capacity`
+        preallocates a KV cache for that many tokens (default N)."""
         self.decode_check()
 
     def step(self, x_t: torch.Tensor, state: DecodeState):
         """One token x_t (B, 1, D) at depth state.pos -> (y_t, the state one token deeper)."""
         self.decode_check()
+
+    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> DecodeState | None:
+        """A state holding no tokens (on `like`'s device and dtype), or None when the variant
+        can only build its state by `prefill`."""
+        return None
+
+    def fill(self, x: torch.Tensor, state: DecodeState):
+        """Append x (B, C, D) to the state without its attention outputs -> (a stand-in output
+        (B, C, D): each token attending only to itself, finite and of the right scale for the
+        next layer; the state C tokens deeper). For states that are timed, never compared."""
+        raise NotImplementedError
 
     @classmethod
     def decode_mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
@@ -116,6 +129,12 @@ class Decoder:
         return None
 
 
+def standin_output(module, v: torch.Tensor) -> torch.Tensor:
+    """out(v) for v (B, H, C, Dh): the output if each token attended only to itself."""
+    B, H, C, Dh = v.shape
+    return module.out(v.transpose(1, 2).reshape(B, C, H * Dh))  # (B, C, D)
+
+
 class KVCacheDecoder(Decoder):
     """Full causal attention over a preallocated KV cache (transformer, sdpa).
 
@@ -129,30 +148,37 @@ class KVCacheDecoder(Decoder):
         if not self.causal:
             super().decode_check()
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
         self.decode_check()
         B, N, D = x.shape
-        P = max(N, capacity or N)
         with CaptureQKV(self.qkv) as cap:
-            if state_only:  # the cache needs the projections only; no O(N²) attention
-                _, _, v = self.project(x)
-                y = self.out(v.transpose(1, 2).reshape(x.shape))  # stand-in: softmax over itself
-            else:
-                y = self(x)
+            y = self(x)
         _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
-        cache = k.new_empty(2, B, self.n_heads, P, self.head_dim)  # K and V, one allocation
-        cache[0, :, :, :N] = k
-        cache[1, :, :, :N] = v
-        return y, DecodeState({"kv": cache}, pos=N)
+        state = self.empty_state(B, max(N, capacity or N), x)
+        self._write(state, k, v)
+        return y, replace(state, pos=N)
+
+    def empty_state(self, batch, capacity, like):
+        cache = like.new_zeros(2, batch, self.n_heads, capacity, self.head_dim)  # K and V
+        return DecodeState({"kv": cache}, pos=0)
+
+    def _write(self, state: DecodeState, k: torch.Tensor, v: torch.Tensor) -> None:
+        kv, pos, n = state.tensors["kv"], state.pos, k.shape[2]
+        if pos + n > kv.shape[3]:
+            raise LsbenchError(f"KV cache full: capacity {kv.shape[3]} tokens, {pos + n} "
+                               f"needed; prefill with a larger capacity.")
+        kv[0, :, :, pos:pos + n] = k
+        kv[1, :, :, pos:pos + n] = v
+
+    def fill(self, x, state):
+        _, k, v = self.project(x)  # 3 × (B, H, C, Dh)
+        self._write(state, k, v)
+        return standin_output(self, v), replace(state, pos=state.pos + x.shape[1])
 
     def step(self, x_t: torch.Tensor, state: DecodeState):
         q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
+        self._write(state, k, v)
         kv, pos = state.tensors["kv"], state.pos
-        if pos >= kv.shape[3]:
-            raise LsbenchError(f"KV cache full: capacity {kv.shape[3]} tokens; prefill with a "
-                               f"larger capacity.")
-        kv[0, :, :, pos] = k[:, :, 0]
-        kv[1, :, :, pos] = v[:, :, 0]
         keys, values = kv[0, :, :, :pos + 1], kv[1, :, :, :pos + 1]  # (B, H, pos+1, Dh)
         y = self._attend(q, keys, values)  # (B, H, 1, Dh)
         return self.out(y.transpose(1, 2).reshape(x_t.shape)), state.advanced()
@@ -169,8 +195,7 @@ class KVCacheDecoder(Decoder):
 
     @classmethod
     def decode_mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
-        # the cache (2·N·D) and the state-only prefill's projections and outputs
-        return 10.0 * batch_size * seq_len * d_model
+        return 2.0 * batch_size * seq_len * d_model  # the cache; `fill` works chunk by chunk
 
 
 class WindowCacheDecoder(KVCacheDecoder):
@@ -181,30 +206,36 @@ class WindowCacheDecoder(KVCacheDecoder):
     reordering. Memory stays w + 1 tokens at any depth.
     """
 
-    def _window(self) -> int:
-        return int(self.params["window"])
-
-    def prefill(self, x: torch.Tensor, capacity: int | None = None, state_only: bool = False):
+    def prefill(self, x: torch.Tensor, capacity: int | None = None):
         self.decode_check()
-        B, N, D = x.shape
-        W = self._window() + 1
         with CaptureQKV(self.qkv) as cap:
             y = self(x)
         _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
-        ring = k.new_zeros(2, B, self.n_heads, W, self.head_dim)
-        keep = min(N, W)
-        slots = torch.arange(N - keep, N, device=x.device) % W  # the last w + 1 tokens' slots
-        ring[0, :, :, slots] = k[:, :, N - keep:]
-        ring[1, :, :, slots] = v[:, :, N - keep:]
-        return y, DecodeState({"kv": ring}, pos=N)
+        state = self.empty_state(x.shape[0], 0, x)
+        self._write(state, k, v)
+        return y, replace(state, pos=x.shape[1])
+
+    def empty_state(self, batch, capacity, like):
+        W = int(self.params["window"]) + 1
+        return DecodeState({"kv": like.new_zeros(2, batch, self.n_heads, W, self.head_dim)}, 0)
+
+    def _write(self, state: DecodeState, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Tokens pos … pos+n-1 into their slots; only the last w + 1 of them can stay."""
+        ring, pos, n = state.tensors["kv"], state.pos, k.shape[2]
+        W = ring.shape[3]
+        if n == 1:  # a decode step: one slot, a Python int (no index tensor, no host copy)
+            ring[0, :, :, pos % W] = k[:, :, 0]
+            ring[1, :, :, pos % W] = v[:, :, 0]
+            return
+        keep = min(n, W)
+        slots = torch.arange(pos + n - keep, pos + n, device=k.device) % W
+        ring[0, :, :, slots] = k[:, :, n - keep:]
+        ring[1, :, :, slots] = v[:, :, n - keep:]
 
     def step(self, x_t: torch.Tensor, state: DecodeState):
         q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
-        ring, pos = state.tensors["kv"], state.pos
-        W = ring.shape[3]
-        slot, filled = pos % W, min(pos + 1, W)
-        ring[0, :, :, slot] = k[:, :, 0]
-        ring[1, :, :, slot] = v[:, :, 0]
+        self._write(state, k, v)
+        ring, filled = state.tensors["kv"], min(state.pos + 1, state.tensors["kv"].shape[3])
         y = F.scaled_dot_product_attention(q, ring[0, :, :, :filled], ring[1, :, :, :filled])
         return self.out(y.transpose(1, 2).reshape(x_t.shape)), state.advanced()
 
@@ -214,6 +245,4 @@ class WindowCacheDecoder(KVCacheDecoder):
 
     @classmethod
     def decode_mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
-        from lsbench.variants.base import count
-
-        return count(cls, "mem_elems", batch_size, seq_len, d_model, n_heads, params, True)
+        return 2.0 * batch_size * (params["window"] + 1) * d_model

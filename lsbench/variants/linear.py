@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lsbench.measure.flops import linear_flops
-from lsbench.variants._decode import CaptureQKV, Decoder, DecodeState, heads
+from lsbench.variants._decode import CaptureQKV, Decoder, DecodeState, heads, standin_output
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 EPS = 1e-6
@@ -163,17 +163,32 @@ class Linear(QKVAttention):
         if not self.causal:
             Decoder.decode_check(self)
 
-    def prefill(self, x, capacity=None, state_only=False):
+    def prefill(self, x, capacity=None):
         """The causal forward, then the state after its last token: S = Σ φ(k)vᵀ, z = Σ φ(k)
         in `accum_dtype` (one O(N·D·Dh) pass over the captured keys and values)."""
         self.decode_check()
         with CaptureQKV(self.qkv) as cap:
             y = self(x)
         _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
-        acc = accum_dtype(x.dtype)
+        state = self._add(self.empty_state(x.shape[0], 0, x), k, v)
+        return y, state
+
+    def empty_state(self, batch, capacity, like):
+        acc = accum_dtype(like.dtype)
+        s = like.new_zeros(batch, self.n_heads, self.head_dim, self.head_dim, dtype=acc)
+        return DecodeState({"s": s, "z": s.new_zeros(batch, self.n_heads, self.head_dim)}, 0)
+
+    def _add(self, state, k, v):
+        """The state with keys/values (B, H, C, Dh) of C more tokens summed in (new tensors)."""
+        acc = state.tensors["s"].dtype
         k, v = feature_map(k).to(acc), v.to(acc)
-        state = {"s": k.transpose(-2, -1) @ v, "z": k.sum(dim=-2)}  # (B, H, Dh, Dh), (B, H, Dh)
-        return y, DecodeState(state, pos=x.shape[1])
+        s = state.tensors["s"] + k.transpose(-2, -1) @ v  # (B, H, Dh, Dh)
+        z = state.tensors["z"] + k.sum(dim=-2)  # (B, H, Dh)
+        return DecodeState({"s": s, "z": z}, pos=state.pos + k.shape[2])
+
+    def fill(self, x, state):
+        _, k, v = self.project(x)  # 3 × (B, H, C, Dh)
+        return standin_output(self, v), self._add(state, k, v)
 
     def step(self, x_t, state):
         q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
