@@ -25,6 +25,22 @@ def test_probe_names_the_fused_cpu_kernel_and_the_math_fallback():
     assert none.backends == ""
 
 
+def test_probe_leaves_torch_compile_working():
+    """The probe's watch on aten ops is entered inside SDPA calls only: a dispatch mode over
+    the whole forward makes dynamo refuse to compile (flex_attention then ran uncompiled and
+    failed on the mode, so every flex row on CUDA was an error row)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    fn = torch.compile(lambda t: torch.sin(t) + 1, backend=counter)
+    q = torch.randn(1, 2, 16, 8)
+    with SdpaProbe() as probe:
+        fn(q)
+        F.scaled_dot_product_attention(q, q, q)
+    assert counter.frame_count == 1, "torch.compile did not compile under SdpaProbe"
+    assert probe.backends == "flash-cpu"
+
+
 def test_rows_record_backend_and_matmul_precision():
     config = {"variant": "sdpa", "params": {}, "mode": "inference", "dtype": "float32",
               "device": "cpu", "batch_size": 1, "seq_len": 64, "d_model": 32, "n_heads": 2,

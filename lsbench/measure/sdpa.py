@@ -26,17 +26,6 @@ FUSED_OPS = {
 }
 
 
-class _Calls(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
 class _Kernels(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -49,23 +38,44 @@ class _Kernels(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _Calls(TorchFunctionMode):
+    """Counts SDPA calls and watches the aten ops of each, and of nothing else: a dispatch
+    mode active over the whole forward would stop torch.compile (dynamo refuses to trace
+    under a non-infra TorchDispatchMode), so flex_attention would run uncompiled and then
+    fail on the mode ("no rule registered for HigherOrderOperator flex_attention")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.kernels = _Kernels()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **(kwargs or {}))
+        self.n += 1
+        with self.kernels:
+            return func(*args, **(kwargs or {}))
+
+
 class SdpaProbe:
     """`with SdpaProbe() as p: model(x)`, then `p.backends`: e.g. "flash", "math",
-    "memory-efficient+math", or "" when the forward made no SDPA call."""
+    "memory-efficient+math", or "" when the forward made no SDPA call.
+
+    Only a function-level mode is active over the forward; the dispatch-level watch is
+    entered inside each SDPA call alone, so compiled code (flex_attention) runs as it would
+    without the probe."""
 
     def __enter__(self) -> SdpaProbe:
-        self._calls, self._kernels = _Calls(), _Kernels()
+        self._calls = _Calls()
         self._calls.__enter__()
-        self._kernels.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._kernels.__exit__(*exc)
         self._calls.__exit__(*exc)
 
     @property
     def counts(self) -> Counter[str]:
-        counts = Counter(self._kernels.seen)
+        counts = Counter(self._calls.kernels.seen)
         math = self._calls.n - sum(counts.values())
         if math > 0:
             counts["math"] = math
