@@ -57,6 +57,13 @@ def make_step(model, x, mode: str, amp_dtype=None):
 
     Half-precision training runs as people train: fp32 weights and optimizer state, the
     forward/backward under autocast to `amp_dtype` (pure half AdamW would underflow).
+
+    The backward starts from a fixed random output gradient of unit scale, `y.backward(g)`
+    (g drawn once, on the first call: a warm-up), so every dtype times a backward over
+    realistic values. A scalar loss such as `y.float().pow(2).mean()` hands the output a
+    gradient of 2y/numel (1e-8 … 1e-10 at FlashAttention App. E shapes), below fp16's
+    smallest subnormal: without loss scaling every gradient was exactly zero, and after a
+    final LayerNorm mean(y²) has no gradient at all.
     """
     import contextlib
 
@@ -78,11 +85,15 @@ def make_step(model, x, mode: str, amp_dtype=None):
             return contextlib.nullcontext()
         return torch.autocast(x.device.type, dtype=amp_dtype)
 
+    grad: list = []  # the output gradient, made once
+
     def step():
         opt.zero_grad(set_to_none=True)
         with amp():
-            loss = model(x).float().pow(2).mean()
-        loss.backward()
+            y = model(x)  # (B, N, D)
+        if not grad:
+            grad.append(torch.randn_like(y))
+        y.backward(grad[0])
         opt.step()
     return step
 
