@@ -144,6 +144,9 @@ def test_a_throttled_sweep_drifts_the_canary_and_flags_its_rows(tmp_path, thrott
     assert info["steal_share"] > 0.1
     text = " ".join(res.output.split())
     assert "the canary (fixed matmul + SDPA) ran 1.50x its first reading" in text
+    assert "canary: 6 readings" in text and "3 drifted" in text
+    assert "3 row(s) were measured while the canary" in text
+    assert "§" in text  # the terminal table marks them
     html = (out / "report.html").read_text()
     assert "Canary" in html and (out / "plots" / "canary.svg").is_file()
 

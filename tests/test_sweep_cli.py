@@ -166,6 +166,21 @@ def test_smoke_end_to_end(smoke_run):
     assert "median latency" in result.output and "results.jsonl" in result.output
 
 
+def test_smoke_run_records_the_canary_and_steal(smoke_run):
+    out, result = smoke_run
+    readings = [json.loads(x) for x in (out / "canary.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in readings][0] == "start" and readings[-1]["label"] == "end"
+    assert all(r["ms"] > 0 and r["spec"]["threads"] == 1 for r in readings)
+    info = json.loads((out / "run.json").read_text())
+    assert len(info["canary"]["series"]) == len(readings)
+    assert "steal_share" in info  # None off Linux
+    rows = rows_of(out)
+    assert all("steal_share" in r and "drift" in r for r in rows)
+    if sys.platform.startswith("linux"):
+        assert any(r["steal_share"] is not None for r in rows if r["status"] == "ok")
+    assert "canary: " in " ".join(result.output.split())
+
+
 def test_resume_of_a_complete_run_adds_nothing(smoke_run):
     out, _ = smoke_run
     before = (out / "results.jsonl").read_bytes()

@@ -225,6 +225,7 @@ def _run_sweep(plan):
             f"[yellow]warning:[/] {contended} row(s) were timed while another process took the "
             "CPU (!, re-timed up to twice; `contention` in results.jsonl says what the OS saw); "
             "their latency is likely too high: rerun on a quiet machine.", highlight=False)
+    _machine_summary(outcome)
     for name in ("run.json", "results.jsonl", "results.csv"):
         console.print(f"wrote {outcome.run_dir / name}", highlight=False)
     latest = outcome.run_dir.parent / "latest"
@@ -236,5 +237,25 @@ def _run_sweep(plan):
                           f"[bold]{resume_hint}[/]", highlight=False)
         raise typer.Exit(130)
     return outcome.run_dir
+
+def _machine_summary(outcome) -> None:
+    """The canary and the hypervisor's steal over the run (issue 21): one line, and a warning
+    when the machine changed speed mid-run."""
+    from lsbench.measure.canary import describe
+
+    info = outcome.info
+    series = (info.get("canary") or {}).get("series") or []
+    steal = info.get("steal_share")
+    if series or steal is not None:
+        console.print("canary: " + (describe(series) or "no reading")
+                      + ("" if steal is None else f"; hypervisor steal {steal:.1%} of the CPU "
+                         "over the run"), highlight=False)
+    drift = sum(1 for r in outcome.rows if r.get("drift"))
+    if drift:
+        err_console.print(
+            f"[yellow]warning:[/] {drift} row(s) were measured while the canary (a fixed "
+            "workload) ran at another speed than at the start (§; `drift` in results.jsonl): "
+            "the machine changed speed, so compare them with care or rerun.", highlight=False)
+
 
 # --- lsbench extrapolate -------------------------------------------------------------------
