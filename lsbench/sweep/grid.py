@@ -72,8 +72,13 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
         batch_rules = [(b, None) for b in (suite.batch_sizes or [1])]
     configs, seen = [], set()
     for mode in suite.modes:
-        for fixed, tokens in batch_rules:
-            for seq_len in sorted(suite.seq_lens):
+        lens, rules = suite.seq_lens, batch_rules
+        if mode in DECODE_MODES:  # the suite's [decode] depths / batch sizes, where given
+            lens = suite.decode_depths or lens
+            if suite.decode_batch_sizes:
+                rules = [(b, None) for b in suite.decode_batch_sizes]
+        for fixed, tokens in rules:
+            for seq_len in sorted(lens):
                 batch = fixed if fixed is not None else max(1, tokens // seq_len)
                 if suite.max_batch_tokens and batch * seq_len > suite.max_batch_tokens:
                     if batch > 1:  # B=1 always runs: the suite asked for this length

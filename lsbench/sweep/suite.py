@@ -13,6 +13,9 @@ A suite (all sections optional except `[sweep]`; unknown keys are errors):
               max_batch_tokens (leave out configs with batch × seq_len above it, e.g. to sweep
               B=8 only where it stays cheap)
     [timing]  time_budget_s (timed seconds per config), warmup (steps), timeout_s (per config)
+    [decode]  depths, batch_sizes: the lengths (context depths) and batch sizes of the
+              prefill/decode modes when they differ from [sweep]'s (e.g. a few deep contexts
+              at B=1 beside a Fig-2 sweep); --seq-lens / --batch-sizes replace them too
     [params.<variant>]  variant parameters, e.g. [params.longformer] window = 256
 
 Built-in suites live in `lsbench/suites/*.toml`; `--suite` takes a name or a path.
@@ -56,7 +59,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "matmul_precision", "max_batch_tokens"),
     "timing": ("time_budget_s", "warmup", "timeout_s"),
 }
-TOP_KEYS = ("name", "description", "params", *SECTIONS)
+DECODE_KEYS = ("depths", "batch_sizes")  # [decode] -> Suite.decode_depths, decode_batch_sizes
+TOP_KEYS = ("name", "description", "params", "decode", *SECTIONS)
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Suite:
     warmup: int = 1
     timeout_s: float = 300.0
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decode_depths: list[int] | None = None  # prefill/decode lengths ([decode] depths)
+    decode_batch_sizes: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,6 +161,15 @@ def parse_suite(data: dict[str, Any], name: str, where: str) -> Suite:
             if key not in keys:
                 raise unknown_choice("key", key, keys, f"{where} [{section}]")
             fields[key] = value
+    decode = data.get("decode", {})
+    if not isinstance(decode, dict):
+        raise LsbenchError(f"{where}: [decode] must be a table, got {decode!r}.")
+    for key, value in decode.items():
+        if key not in DECODE_KEYS:
+            raise unknown_choice("key", key, DECODE_KEYS, f"{where} [decode]")
+        if not isinstance(value, list):
+            raise LsbenchError(f"{where}: [decode] {key} must be a list, got {value!r}.")
+        fields[f"decode_{key}"] = value
     params = data.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise LsbenchError(f"{where}: parameters go in tables like [params.longformer].")
@@ -204,6 +219,12 @@ def validate(suite: Suite, where: str) -> None:
     _positive_ints(suite.seq_lens, "seq_lens", where)
     _at_most(suite.seq_lens, MAX_SEQ_LEN, "seq_len", where)
     _at_most(suite.batch_sizes or [], MAX_BATCH, "batch size", where)
+    if suite.decode_depths is not None:
+        _positive_ints(suite.decode_depths, "[decode] depths", where)
+        _at_most(suite.decode_depths, MAX_SEQ_LEN, "[decode] depth", where)
+    if suite.decode_batch_sizes is not None:
+        _positive_ints(suite.decode_batch_sizes, "[decode] batch_sizes", where)
+        _at_most(suite.decode_batch_sizes, MAX_BATCH, "[decode] batch size", where)
     if suite.max_batch_tokens is not None:
         _positive_ints([suite.max_batch_tokens], "max_batch_tokens", where)
         if suite.max_batch_tokens < min(suite.seq_lens):
@@ -261,6 +282,9 @@ def override(suite: Suite, **changes: Any) -> Suite:
     if "batch_sizes" in changes:  # batch sizes asked for explicitly all run
         changes["batch_tokens"] = None
         changes["max_batch_tokens"] = None
+        changes["decode_batch_sizes"] = None  # ... in every mode
+    if "seq_lens" in changes:
+        changes["decode_depths"] = None
     if "variants" in changes:  # named on the command line: each runs, or says why not
         changes["variants_all"] = False
     new = dataclasses.replace(suite, **changes)
