@@ -6,6 +6,7 @@ follows the official Fastformer implementation line by line) and compared in flo
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -37,6 +38,15 @@ def heads(t: torch.Tensor) -> torch.Tensor:
 def unheads(t: torch.Tensor) -> torch.Tensor:
     B, _, N, _ = t.shape
     return t.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+
+
+def reference(module: str):
+    """A parity peer from the `dev` extra; missing, the test FAILS saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"parity test needs {module!r} ({e}); install the dev extra: "
+                    f"pip install -e '.[dev]'")
 
 
 def padding_mask(B: int, N: int) -> torch.Tensor:
@@ -104,7 +114,7 @@ def test_linear_chunk_must_be_positive():
 # --- linformer (Wang et al.) ---------------------------------------------------------------
 
 
-def linformer_fairseq_forward(m, x, mask):
+def linformer_fairseq_forward(m, x, mask, rows: int | None = None):
     """fairseq `MultiheadLinearAttention.forward` (examples/linformer), self-attention branch.
 
     Restated line by line in its Time × Batch × Channel layout with our parameters:
@@ -117,8 +127,8 @@ def linformer_fairseq_forward(m, x, mask):
     tgt_len, bsz, embed_dim = query.size()
     num_heads, head_dim = H, DH
     scaling = head_dim**-0.5
-    compress_k = m.E
-    compress_v = m.E if m.F is None else m.F
+    compress_k = m.E[:rows]  # rows: the compressed length (k, or N where lsbench caps it)
+    compress_v = (m.E if m.F is None else m.F)[:rows]
     q = F.linear(query, w[:D], b[:D])
     kv_source = query if mask is None else query * mask.t()[:, :, None]
     k_input = kv_source.permute(1, 2, 0).contiguous()  # B * C * T
@@ -159,6 +169,33 @@ def test_linformer_equals_fairseq_forward(sharing, masked):
         torch.testing.assert_close(m(x, mask=mask), linformer_fairseq_forward(m, x, mask))
 
 
+@pytest.mark.parametrize("n", [1, 10, 16])
+@pytest.mark.parametrize("sharing", ["headwise", "key-value"])
+def test_linformer_caps_k_at_short_n(n, sharing):
+    """N <= k: the compressed length is N (E[:N, :N]), never k > N rows; the result is fairseq's
+    forward with compress_k/compress_v cut to N rows, and the row note says so."""
+    m = make("linformer", k=16, max_len=64, sharing=sharing)
+    x = randn(2, n, D)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), linformer_fairseq_forward(m, x, None, rows=n))
+    assert m.effective_k(n, m.params) == n
+    assert ("capped" in m.notes(n, m.params)) == (n < 16)
+    assert m.effective_k(40, m.params) == 16 and m.notes(40, m.params) == ""
+
+
+def test_linformer_padded_short_sample_equals_running_alone():
+    """k = 16, padded length 40 (>= k), real lengths 40 and 10 (< k): the short sample uses its
+    own min(k, 10) = 10 compressed rows, as when it runs alone."""
+    m = make("linformer", k=16, max_len=64)
+    x = randn(2, 40, D)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 10:] = False
+    with torch.no_grad():
+        y = m(x, mask=mask)
+        torch.testing.assert_close(y[1, :10], m(x[1:, :10])[0])
+        torch.testing.assert_close(y[0], m(x[:1])[0])
+
+
 def test_linformer_compresses_before_projecting():
     # With biases the two orders differ (E·1 scales b_K); without, they agree. This pins the
     # order to fairseq's: the test above would also pass for "project first" with zero biases.
@@ -182,9 +219,9 @@ def test_linformer_padding_does_not_reach_real_tokens():
 @pytest.mark.parametrize("n", [40, 64])
 def test_linformer_equals_lucidrains_without_biases(n):
     """lucidrains `linformer` 0.2.3 `LinformerSelfAttention` (bias-free to_q/to_k/to_v, projects
-    after to_k): with our qkv bias zeroed and weights copied, the outputs agree. Runs when the
-    test dependency `linformer` is installed (the fairseq restatement above always runs)."""
-    lucid = pytest.importorskip("linformer")
+    after to_k): with our qkv bias zeroed and weights copied, the outputs agree. Needs the
+    dev dependency `linformer` (missing, the test fails saying so)."""
+    lucid = reference("linformer")
     m = make("linformer", k=16, max_len=64)
     peer = lucid.LinformerSelfAttention(D, seq_len=64, k=16, heads=H).double().eval()
     with torch.no_grad():

@@ -7,6 +7,8 @@ Hand counts at B=2, N=50, D=32, H=4 (Dh=8); the arithmetic is spelled out next t
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,10 +57,40 @@ def test_linformer_flops_hand_count_and_dispatched(sharing):
     assert counted_flops(m, torch.randn(B, N, D)) == expected
 
 
+@pytest.mark.parametrize("n", [10, 16])
+def test_linformer_below_k_counts_and_dispatches_k_equal_n(n):
+    """N <= k = 16: k is capped at N, in the counts (useful and computed) and in the matrix
+    products the forward dispatches."""
+    params = {"k": 16, "max_len": 64}
+    expected = (2 * B * n * D * 2 * D  # q and out
+                + 2 * (2 * B * n * n * D)  # E·x and F·x, (N × N) · (N × D) per sample
+                + 2 * B * n * D * 2 * D  # k and v over B·N compressed rows
+                + 2 * 2 * B * n * n * D)  # Q·Kᵀ and P·V over N × N pairs
+    assert cost("linformer", n=n, **params) == expected
+    assert cost("linformer", computed=True, n=n, **params) == expected
+    assert counted_flops(model("linformer", **params), torch.randn(B, n, D)) == expected
+    cls = REGISTRY["linformer"]
+    mem = [cls.mem_elems(B, n, D, H, {**cls.defaults, **params, "k": k}) for k in (n, 16)]
+    assert mem[0] == mem[1]  # the prediction uses the capped k too
+
+
+def test_linformer_at_n_128_is_not_twice_full_attention():
+    """The default k = 256 at N = 128 (d_model 256, 4 heads): capped, the count is full
+    attention's plus the two N × N compressions (4·N²·D), not the ~2x of 256 rows."""
+    lin, full = REGISTRY["linformer"], REGISTRY["transformer"]
+    args = (1, 128, 256, 4)
+    extra = 4 * 128 * 128 * 256
+    assert lin.flops(*args, dict(lin.defaults)) == full.flops(*args, dict(full.defaults)) + extra
+
+
 def test_linformer_costs_less_than_lucidrains_at_long_n():
     """lucidrains projects all N rows to keys/values and compresses after: 2·N·D² each instead
-    of 2·k·D² (plus the same compression). Runs when the test dependency is installed."""
-    lucid = pytest.importorskip("linformer")
+    of 2·k·D² (plus the same compression). `linformer` is in the dev extra: missing, the test
+    fails saying so."""
+    try:
+        lucid = importlib.import_module("linformer")
+    except ImportError as e:
+        pytest.fail(f"needs 'linformer' ({e}); install the dev extra: pip install -e '.[dev]'")
     n, k = 1024, 64
     peer = lucid.LinformerSelfAttention(D, seq_len=n, k=k, heads=H).eval()
     ours = model("linformer", k=k, max_len=n)
