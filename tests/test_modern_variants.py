@@ -205,15 +205,20 @@ def test_nystromformer_mask_path_equals_static_segments(n):
 
 
 def test_nystromformer_is_exact_when_every_token_is_a_landmark():
-    """m = N with l = 1: Q̃ = Q, K̃ = K, so the approximation is softmax attention itself
-    (the pseudo-inverse iterations converge on a well-conditioned kernel)."""
+    """m = N with l = 1: Q̃ = Q, K̃ = K, so the approximation is softmax attention itself once
+    the Newton–Schulz pseudo-inverse has converged. With inputs x·0.1 the 8 × 8 kernel
+    softmax(Q̃K̃ᵀ) is nearly rank-one (condition number ~6e4 per head): the iteration converges
+    in about 22 steps (30 given; 15 leave 2e-6), and the result is exact to about cond·ε. In
+    float32 (ε = 6e-8) that is ~4e-3, a tolerance that would test nothing (this CPU shows 2e-4
+    and fails 1e-4); in float64 (ε = 1.1e-16) it is ~7e-12 (3e-13 seen), so 1e-9 holds on any
+    CPU kernel path (checked with ATEN_CPU_CAPABILITY=default, MKL_ENABLE_INSTRUCTIONS=SSE4_2)."""
     n = 8
-    m = make("nystromformer", d=16, h=2, landmarks=n, pinv_iterations=30)
-    x = randn(1, n, 16) * 0.1
+    m = make("nystromformer", d=16, h=2, landmarks=n, pinv_iterations=30).double()
+    x = randn(1, n, 16, dtype=torch.float64) * 0.1
     with torch.no_grad():
         q, k, v = m.project(x)
         exact = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v + m.conv(v)
-        torch.testing.assert_close(m(x), m.out(merge_heads(exact)), atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(m(x), m.out(merge_heads(exact)), atol=1e-9, rtol=1e-9)
 
 
 def test_nystromformer_flops_hand_count():
