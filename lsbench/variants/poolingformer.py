@@ -4,21 +4,32 @@ Zhang et al. 2021, "Poolingformer: Long Document Modeling with Pooling Attention
 https://arxiv.org/abs/2105.04371 (§3).
 
 1. First level: sliding-window attention, each token i sees the tokens within a window of
-   `window` = w1 tokens centred on it (i - w1/2 … i + w1/2; paper w1 = 128): y = SWA(x).
+   `window` = w1 tokens centred on it (i - w1/2 … i + w1/2; w1 = 128, see below): y = SWA(x).
 2. Second level, stacked on the first (it takes y as input — the paper's ablation "Mix", built on
    x instead, is worse): its own projections q', k', v' = W'(y); keys and values are pooled
    along the sequence with kernel κ = `pool_kernel` and stride ξ = `pool_stride`, and token i
    attends to the pooled segments whose centre lies within its larger window `pool_window` = w2
-   (paper w2 = 512): z = PoolAttn(y).
+   (w2 = 512, see below): z = PoolAttn(y).
 3. Output: the two levels joined by a residual connection, out(y + z).
 
-Pooling (`pooling`): "ldconv" (the paper's lightweight dynamic convolution pooling,
+Pooling (`pooling`): "ldconv" (lightweight dynamic convolution pooling,
 LDConv(v_1..v_κ) = Σ δ_t·v_t with the kernel δ ∈ R^κ predicted per head and softmax-normalised
-as in Wu et al. 2019's DynamicConv), "mean" or "max" (the paper's other pooling choices).
-Our reading where the paper leaves room: δ is predicted by one linear layer from the mean of
-the segment's first-level outputs and shared by keys and values; windows w1, w2 are total
-(two-sided) sizes; κ = 5, ξ = 4 are our defaults (the paper's exact kernel/stride could not be
-checked offline — pass them explicitly to match a specific configuration).
+as in Wu et al. 2019's DynamicConv), "mean" or "max".
+
+Where each default comes from (checked for issue 16; no authors' code is public to compare with):
+- Checked against the paper's own abstract (arXiv 2105.04371 v2, ICML 2021 page): two levels,
+  a smaller sliding window first, then a larger window whose keys/values are pooled.
+- The paper's, as this file has stated them since it was written, but NOT re-checked against
+  the paper's body: its sections and tables could not be reached from this machine (only the
+  abstract could). These are w1 = 128 (`window`), w2 = 512 (`pool_window`), the second level
+  stacked on the first ("Mix" ablation worse), LDConv as the pooling, mean/max as alternatives,
+  and Poolingformer layers in a quarter of the layers. Treat them as unverified until someone
+  reads §3–§4 of the paper.
+- Ours, not from the paper: κ = 5 (`pool_kernel`) and ξ = 4 (`pool_stride`); δ predicted by
+  one linear layer from the mean of the segment's first-level outputs, shared by keys and
+  values; w1 and w2 read as total (two-sided) sizes; the causal extension below. Pass
+  `pool_kernel` / `pool_stride` / `window` / `pool_window` explicitly to match a given
+  configuration.
 
 Simplified: no task-specific global tokens (the paper, like Longformer, makes question tokens
 global), every layer is a Poolingformer layer (the paper uses it in a quarter of the layers).
@@ -64,8 +75,8 @@ class Poolingformer(QKVAttention):
     defaults = {
         "window": 128,  # w1, first level, total (i ± 64)
         "pool_window": 512,  # w2, second level, total (segment centres within i ± 256)
-        "pool_kernel": 5,  # κ
-        "pool_stride": 4,  # ξ
+        "pool_kernel": 5,  # κ, ours (see the module docstring)
+        "pool_stride": 4,  # ξ, ours
         "pooling": "ldconv",
     }
 
