@@ -145,6 +145,62 @@ def test_workers_on_different_devices_are_refused(tmp_path):
     assert not (plan.run_dir / "run.json").exists()  # nothing written
 
 
+def test_gpu_pool_probe_counts_the_gpus_the_run_uses():
+    """Slot 0's worker sees one GPU (CUDA_VISIBLE_DEVICES); run.json's env.cuda.count is the
+    number of GPUs the run uses, with what the worker saw kept apart."""
+
+    class OneGpu(FakeSlot):
+        def run(self, unit, timeout_s):
+            res = super().run(unit, timeout_s)
+            if unit["kind"] == "probe":
+                res["env"] = {**res["env"], "cuda": {"name": "H200", "count": 1}}
+            return res
+
+    probe = {"kind": "probe", "device": "cuda"}
+    pool = Pool("gpus", [OneGpu(), OneGpu(), OneGpu()], ["gpu 0", "gpu 1", "gpu 2"],
+                gpu_slots=True)
+    cuda = pool.run(probe, 5)["env"]["cuda"]
+    assert (cuda["count"], cuda["count_in_worker"], cuda["name"]) == (3, 1, "H200")
+    assert cuda["workers"] == ["gpu 0", "gpu 1", "gpu 2"]
+    assert Pool("local", [OneGpu()], ["local"]).run(probe, 5)["env"]["cuda"]["count"] == 1
+
+
+def test_gpu_workers_start_in_parallel_each_with_its_gpu(monkeypatch):
+    """Only the spawn holds the environment lock; the wait for each worker's hello (imports,
+    CUDA init: up to minutes) does not, so N GPUs' workers start in about one start-up."""
+    import os
+
+    from lsbench.sweep import worker
+    from lsbench.sweep.executors import EnvLocalExecutor
+
+    seen = []
+
+    class Hello:
+        def poll(self, timeout):
+            time.sleep(0.6)  # a slow start-up
+            return True
+
+        def recv(self):
+            return {"ready": True}
+
+    def spawn(self):
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return Hello(), object()
+
+    monkeypatch.setattr(worker.LocalExecutor, "_spawn", spawn)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = [EnvLocalExecutor(1, {"CUDA_VISIBLE_DEVICES": g}, f"gpu {g}") for g in "0123"]
+    threads = [threading.Thread(target=s._start) for s in slots]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - t0 < 1.8, "worker start-ups were serialised"
+    assert sorted(seen) == ["0", "1", "2", "3"]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # restored after each spawn
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--executor", "rya"], "Did you mean 'ray'"),
     (["--executor", "local", "--workers", "2"], "--workers is for --executor ray"),

@@ -3,6 +3,7 @@ the attention-only layer, and the GPU suites (bf16 companion, FlashAttention App
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -137,3 +138,78 @@ def test_max_batch_tokens_leaves_out_costly_batches_but_keeps_batch_one():
     assert (8, 2048) in pairs and (8, 4096) not in pairs and (1, 8192) in pairs
     listed = next(r for r in suite.list_rows() if r["name"] == "quick")
     assert listed["configs"] == len(configs)
+
+
+# --- issue 17, item 5 ----------------------------------------------------------------------
+
+
+def test_flex_oom_while_compiling_stays_an_oom_row(monkeypatch):
+    """A CUDA OOM in inductor's autotuning reaches flex() wrapped in a compile error: it must
+    still give an `oom` row (so the larger N are skipped), not "could not be compiled"."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from lsbench.sweep.worker import _failure
+    from lsbench.variants import _flex
+
+    def autotune_oom(*args, **kwargs):
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        except torch.OutOfMemoryError as e:
+            raise BackendCompilerFailed(lambda *a: None, e) from e
+
+    monkeypatch.setattr(_flex, "_compiled", autotune_oom)
+    q = torch.randn(1, 1, 4, 2)
+    try:
+        _flex.flex(q, q, q, block_mask=None)
+    except BaseException as e:  # noqa: BLE001 - the row the worker would write
+        row = _failure(e)
+    assert row["status"] == "oom", row
+
+    def not_a_compile_error(*args, **kwargs):
+        raise NotImplementedError("FlexAttention does not support backward on CPU.")
+
+    monkeypatch.setattr(_flex, "_compiled", not_a_compile_error)
+    with pytest.raises(Exception, match="flex_attention failed on cpu") as err:
+        _flex.flex(q, q, q, block_mask=None)
+    assert "triton" not in str(err.value)  # not misdiagnosed as a missing compiler
+
+
+def test_highest_precision_turns_cudnn_tf32_off_too():
+    from lsbench.measure.sdpa import set_precision
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        set_precision("highest")
+        assert not torch.backends.cudnn.allow_tf32
+        set_precision("high")
+        assert torch.backends.cudnn.allow_tf32
+        row = execute({"kind": "config", "config": _config("sdpa"), "time_budget_s": 0.05,
+                       "warmup": 1, "threads": 1})  # the suite default: highest
+        assert row["status"] == "ok" and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
+def test_training_rows_probe_sdpa_with_gradients_on():
+    """The SDPA kernel can differ with autograd on (backward support decides it on CUDA):
+    a training row names the kernel of a forward that records gradients."""
+    from lsbench.sweep.worker import _checked_forward
+
+    modes = []
+
+    class Probe:
+        backends = "x"
+
+        def __enter__(self):
+            modes.append(torch.is_grad_enabled())
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    model = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    _checked_forward(model.train(), x, None, Probe)
+    _checked_forward(model.eval(), x, None, Probe)
+    assert modes == [True, False]

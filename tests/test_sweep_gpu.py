@@ -51,7 +51,8 @@ def test_cuda_smoke_run(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["device"] == "cuda" and info["device_name"] == torch.cuda.get_device_name(0)
     assert "max_memory_allocated" in info["memory_method"] and info["machine_peak_gflops"] > 0
-    assert info["matmul_precision_in_force"].endswith("(full fp32 matmul)")  # smoke: highest
+    assert info["matmul_precision_in_force"].endswith(
+        "(full fp32 matmul, cuDNN TF32 off)")  # smoke: highest
     for r in rows_of(out):
         assert r["status"] == "ok", r
         assert r["device"] == "cuda" and r["peak_mem_mib"] > 0 and r["peak_rss_mib"] is None

@@ -86,10 +86,19 @@ class SdpaProbe:
         return "+".join(sorted(self.counts))
 
 
+def set_precision(setting: str) -> None:
+    """The suite's float32 precision for matmuls *and* cuDNN (convolutions): "highest" turns
+    TF32 off for both. `set_float32_matmul_precision` alone leaves cuDNN's TF32 on (its
+    default), so a "highest" row could still run its convolutions in TF32."""
+    torch.set_float32_matmul_precision(setting)
+    torch.backends.cudnn.allow_tf32 = setting != "highest"
+
+
 def matmul_precision(device: torch.device | str) -> str:
-    """The float32 matmul setting in force, e.g. "highest", "high (TF32 matmul)"."""
+    """The float32 setting in force, e.g. "highest", "high (TF32 matmul, cuDNN TF32 on)"."""
     setting = torch.get_float32_matmul_precision()
     if torch.device(device).type != "cuda":
         return setting
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    return f"{setting} ({'TF32' if tf32 else 'full fp32'} matmul)"
+    cudnn = "on" if torch.backends.cudnn.allow_tf32 else "off"
+    return f"{setting} ({'TF32' if tf32 else 'full fp32'} matmul, cuDNN TF32 {cudnn})"

@@ -54,12 +54,15 @@ class EnvLocalExecutor(LocalExecutor):
         super().__init__(threads)
         self.env, self.label = env, label
 
-    def _start(self) -> None:
+    def _spawn(self):
+        # Only the spawn itself holds the lock (the child copies os.environ as it starts);
+        # waiting for the worker's hello (imports, CUDA init: up to STARTUP_TIMEOUT_S) does
+        # not, so the GPUs' workers start in parallel.
         with _SPAWN_ENV:
             saved = {k: os.environ.get(k) for k in self.env}
             os.environ.update(self.env)
             try:
-                super()._start()
+                return super()._spawn()
             finally:
                 for k, v in saved.items():
                     if v is None:
@@ -71,9 +74,11 @@ class EnvLocalExecutor(LocalExecutor):
 class Pool:
     """A thread per slot, each driving one blocking Runner; results in completion order."""
 
-    def __init__(self, name: str, runners: list[Runner], labels: list[str]):
+    def __init__(self, name: str, runners: list[Runner], labels: list[str],
+                 gpu_slots: bool = False):
         self.name = name
         self.labels = labels
+        self.gpu_slots = gpu_slots  # one GPU per slot: the run uses `slots` GPUs
         self._runners = runners
         self._free = list(range(len(runners)))
         self._threads = futures.ThreadPoolExecutor(max_workers=len(runners),
@@ -93,7 +98,10 @@ class Pool:
         return len(self._flight)
 
     def run(self, unit: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        return self._runners[0].run(unit, timeout_s)
+        result = self._runners[0].run(unit, timeout_s)
+        if unit.get("kind") == "probe" and self.gpu_slots:
+            result = _run_gpus(result, self)
+        return result
 
     def probe_all(self, unit: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
         jobs = [self._threads.submit(r.run, unit, timeout_s) for r in self._runners]
@@ -124,6 +132,17 @@ class Pool:
             except Exception:  # noqa: BLE001 - closing must reach every slot
                 pass
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_gpus(probe: dict[str, Any], pool: Pool) -> dict[str, Any]:
+    """A probe answered by slot 0 describes its one GPU; the run's fingerprint says how many
+    the run uses (`count`) and which workers, and keeps what slot 0 saw apart."""
+    cuda = (probe.get("env") or {}).get("cuda")
+    if not cuda:
+        return probe
+    cuda = {**cuda, "count_in_worker": cuda.get("count"), "count": pool.slots,
+            "workers": list(pool.labels)}
+    return {**probe, "env": {**probe["env"], "cuda": cuda}}
 
 
 def check_executor(name: str, workers: int | None) -> None:
@@ -169,7 +188,7 @@ def _gpu_pool(threads: int, device: str) -> Pool:
         raise LsbenchError("--executor gpus found no visible GPU; check nvidia-smi and "
                            "CUDA_VISIBLE_DEVICES, or use --executor local.")
     runners = [EnvLocalExecutor(threads, {"CUDA_VISIBLE_DEVICES": g}, f"gpu {g}") for g in ids]
-    return Pool("gpus", runners, [r.label for r in runners])
+    return Pool("gpus", runners, [r.label for r in runners], gpu_slots=True)
 
 
 class _RaySlot:
@@ -262,4 +281,5 @@ def _ray_pool(threads: int, device: str, workers: int | None) -> Pool:
     actor_cls = ray.remote(**options)(_RaySlot)
     actors = [actor_cls.remote(threads) for _ in range(n)]
     labels = ray.get([a.where.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
-    return Pool("ray", [_RayRunner(a) for a in actors], [f"ray {w}" for w in labels])
+    return Pool("ray", [_RayRunner(a) for a in actors], [f"ray {w}" for w in labels],
+                gpu_slots=cuda)

@@ -42,6 +42,19 @@ STARTUP_TIMEOUT_S = 300.0
 # --- inside the worker ----------------------------------------------------------------------
 
 def is_oom(e: BaseException) -> bool:
+    """An out-of-memory error, also when wrapped by another (torch.compile's errors carry the
+    original as `inner_exception` or `__cause__`)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if _is_oom_one(cur):
+            return True
+        cur = getattr(cur, "inner_exception", None) or cur.__cause__ or cur.__context__
+    return False
+
+
+def _is_oom_one(e: BaseException) -> bool:
     import torch
 
     if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
@@ -106,7 +119,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from lsbench.measure.decode import decode_step, finish_row
     from lsbench.measure.env import cpu_model
     from lsbench.measure.memory import track_peak
-    from lsbench.measure.sdpa import SdpaProbe, matmul_precision
+    from lsbench.measure.sdpa import SdpaProbe, matmul_precision, set_precision
     from lsbench.measure.steal import RowWatch
     from lsbench.measure.timing import MIN_SAMPLES, time_step, time_step_checked
     from lsbench.models import Encoder, EncoderConfig
@@ -118,7 +131,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         # (a restarted worker never ran the probe's set_device).
         torch.cuda.set_device(device)
     B, N, D = c["batch_size"], c["seq_len"], c["d_model"]
-    torch.set_float32_matmul_precision(c.get("matmul_precision", "highest"))
+    set_precision(c.get("matmul_precision", "highest"))  # matmuls and cuDNN
     torch.manual_seed(0)
     decoding = c["mode"] in ("prefill", "decode")  # lsbench.measure.decode
     try:
@@ -195,16 +208,19 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
-    """One untimed forward under the step's autocast: (the SDPA kernel(s) it dispatched to,
-    "" when it calls none; whether its output is finite). Its host sync is outside timing."""
+    """One untimed forward under the step's autocast and grad mode (a training row's SDPA
+    kernel is the one a forward that records gradients picks): (the SDPA kernel(s) it
+    dispatched to, "" when it calls none; whether its output is finite). Its host sync is
+    outside timing."""
     import contextlib
 
     import torch
 
     amp = (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
-    with torch.no_grad(), amp, probe_cls() as probe:
+    with torch.set_grad_enabled(getattr(model, "training", False)), amp, probe_cls() as probe:
         y = model(x)
+    y = y.detach()
     return probe.backends, bool(torch.isfinite(y).all())
 
 
@@ -232,8 +248,9 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
                            "threads": torch.get_num_threads()}
     device = torch.device(unit["device"])
     dtype = getattr(torch, unit["dtype"])
-    torch.set_float32_matmul_precision(unit.get("matmul_precision", "highest"))  # peak as rows
-    from lsbench.measure.sdpa import matmul_precision
+    from lsbench.measure.sdpa import matmul_precision, set_precision
+
+    set_precision(unit.get("matmul_precision", "highest"))  # the peak as the rows
 
     out["matmul_precision_in_force"] = matmul_precision(device)  # e.g. "high (TF32 matmul)"
     if device.type == "cuda":
@@ -367,12 +384,17 @@ class LocalExecutor:
         self._busy = False
         self.starts = 0
 
-    def _start(self) -> None:
+    def _spawn(self):
+        """Start the worker process; it inherits os.environ as it is at this moment."""
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, args=(child, self.threads), daemon=True,
                                  name="lsbench-worker")
         proc.start()
         child.close()
+        return parent, proc
+
+    def _start(self) -> None:
+        parent, proc = self._spawn()
         self.starts += 1
         if not parent.poll(self.startup_timeout_s):
             _kill(proc)

@@ -102,11 +102,39 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, compiled
     except torch.OutOfMemoryError:
         raise  # an `oom` row (and the larger N skipped), not "could not be compiled"
     except Exception as e:  # inductor / triton failures: a result row, not a traceback
+        oom = _oom_in_chain(e)
+        if oom is not None:
+            # a CUDA OOM while compiling or autotuning reaches us wrapped (InductorError,
+            # BackendCompilerFailed): still an `oom` row, so the larger N are skipped
+            raise torch.OutOfMemoryError(f"{type(oom).__name__}: {oom}"[:500]) from e
+        text = f"{type(e).__name__}: {str(e)[:200]}"
+        if not _is_compile_failure(e):
+            raise LsbenchError(f"flex_attention failed on {q.device} ({text}).") from None
         raise LsbenchError(
-            f"flex_attention could not be compiled on {q.device} ({type(e).__name__}: "
-            f"{str(e)[:200]}); it needs a working torch.compile (triton on CUDA). Use 'local' "
-            f"(the same window through SDPA) instead."
+            f"flex_attention could not be compiled on {q.device} ({text}); it needs a working "
+            f"torch.compile (triton on CUDA). Use 'local' (the same window through SDPA) "
+            f"instead."
         ) from None
+
+
+def _oom_in_chain(e: BaseException) -> BaseException | None:
+    """The out-of-memory error in `e`'s chain of causes (dynamo and inductor wrap them)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, torch.OutOfMemoryError | MemoryError) or (
+                "out of memory" in str(cur).lower().split("\n", 1)[0]):
+            return cur
+        cur = getattr(cur, "inner_exception", None) or cur.__cause__ or cur.__context__
+    return None
+
+
+def _is_compile_failure(e: BaseException) -> bool:
+    """Raised by dynamo / inductor / triton (compiling), not by the kernel's own checks."""
+    module = type(e).__module__ or ""
+    return (module.startswith(("torch._dynamo", "torch._inductor", "triton"))
+            or "triton" in str(e).lower())
 
 
 class FlexWindowBase(QKVAttention):
