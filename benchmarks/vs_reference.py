@@ -5,7 +5,8 @@ dev extra: `linformer`, `performer-pytorch`, `nystrom-attention`).
 - linformer vs lucidrains `linformer` 0.2.3 `LinformerSelfAttention` (k = 256, headwise E/F):
   lucidrains' q/k/v projections have no bias, so ours runs with its qkv bias zeroed and the two
   outputs agree (max |Δ| column). lucidrains projects all N rows to keys/values, then
-  compresses; ours compresses x first, as fairseq's authors' code does.
+  compresses; ours compresses x first, as fairseq's authors' code does. Below N = k both use
+  k = N rows (lsbench caps k at N; the peer is built with that k).
 - fastformer vs the official `FastSelfAttention` + `BertSelfOutput.dense` (wuch15/Fastformer),
   restated below line by line as in tests/test_linear_family.py, sharing our Linear modules.
 - performer vs performer-pytorch `FastAttention` (FAVOR+, 256 features, the same projection
@@ -91,16 +92,16 @@ def pair(name: str, n: int, args) -> tuple[nn.Module, Callable, Callable]:
         from linformer import LinformerSelfAttention
 
         ours = build("linformer", args.d_model, args.n_heads, k=args.k, max_len=n).eval()
-        peer = LinformerSelfAttention(args.d_model, seq_len=n, k=args.k,
-                                      heads=args.n_heads).eval()
+        k = ours.effective_k(n, ours.params)  # ours caps k at N below k: the peer too
+        peer = LinformerSelfAttention(args.d_model, seq_len=n, k=k, heads=args.n_heads).eval()
         with torch.no_grad():
             ours.qkv.bias.zero_()  # lucidrains' to_q/to_k/to_v are bias-free
             wq, wk, wv = ours.qkv.weight.chunk(3, dim=0)
             peer.to_q.weight.copy_(wq)
             peer.to_k.weight.copy_(wk)
             peer.to_v.weight.copy_(wv)
-            peer.proj_k.copy_(ours.E.t())  # lucidrains stores E as (seq_len, k)
-            peer.proj_v.copy_(ours.F.t())
+            peer.proj_k.copy_(ours.E[:k].t())  # lucidrains stores E as (seq_len, k)
+            peer.proj_v.copy_(ours.F[:k].t())
             peer.to_out.load_state_dict(ours.out.state_dict())
         return ours, ours, peer
     if name == "performer":
