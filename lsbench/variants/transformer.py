@@ -2,6 +2,13 @@
 
 Vaswani et al. 2017, "Attention Is All You Need", https://arxiv.org/abs/1706.03762.
 Shape legend: B batch, N length, D d_model, H heads, Dh head dim.
+
+Half precision: the softmax runs in the dtype of the scores, also under autocast. CUDA
+autocast would run it in float32 and cast the probabilities back for `@ v`, keeping an fp32
+and a half copy of the N×N matrix (about 6 bytes per score instead of 4), so lsbench's
+baseline would need 1.5-2× the memory of the one the papers compare against: FlashAttention's
+"PyTorch Attention" (Dao et al. 2022, https://arxiv.org/abs/2205.14135, App. E) computes
+scores, softmax and output in fp16. The softmax kernel still accumulates in float32 inside.
 """
 
 from __future__ import annotations
@@ -84,5 +91,7 @@ class Transformer(KVCacheDecoder, QKVAttention):
         allowed = score_mask(mask, x.shape[1], self.causal, x.device)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        y = F.softmax(scores, dim=-1) @ v  # (B, H, N, Dh)
+        # softmax in the scores' dtype even under autocast (which would run it in float32 and
+        # keep a half copy beside it): the paper's baseline, see the module docstring
+        y = F.softmax(scores, dim=-1, dtype=scores.dtype) @ v  # (B, H, N, Dh)
         return self.out(merge_heads(y))
