@@ -90,3 +90,24 @@ def test_a_decode_run_measures_decoders_and_says_why_the_others_cannot(tmp_path)
     assert dec["gflops_per_s"] is None and dec["max_batch_in_budget"] >= 1
     assert rows["sdpa", "prefill"]["tokens_per_s"] == pytest.approx(
         2 * 40 / (rows["sdpa", "prefill"]["latency_ms"] / 1e3))
+
+
+def test_an_unknown_compile_mode_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["run", "--suite", "smoke", "--compile", "reduce_overhead",
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "reduce-overhead" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_step_is_timed_after_its_compile(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "run", "--suite", "smoke", "--variants", "linear", "--mode", "decode", "--seq-lens",
+        "64", "--batch-sizes", "1", "--compile", "default", "--timeout", "600", "--out",
+        str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    (row,) = map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    assert row["status"] == "ok", row
+    assert row["compile"] == "default" and row["compile_s"] > 0 and row["latency_ms"] > 0

@@ -47,11 +47,17 @@ def run_cmd(
         "--batch-sizes", help="Comma-separated batch sizes (replaces the suite's rule).",
         show_default=False)] = None,
     mode: Annotated[str | None, typer.Option(
-        "--mode", help="inference, training, or inference,training.", show_default=False)] = None,
+        "--mode", help="inference, training, prefill (causal forward that builds the decoding "
+        "state) or decode (one token at depth N = each --seq-lens); comma-separated for several.",
+        show_default=False)] = None,
     dtype: Annotated[str | None, typer.Option(
         "--dtype", help="float32, bfloat16 or float16 (CUDA only).", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="auto, cpu or cuda.", show_default=False)] = None,
+    compile_: Annotated[str | None, typer.Option(
+        "--compile", help="torch.compile the timed step: default, reduce-overhead (CUDA graphs "
+        "on CUDA) or max-autotune; compile time is recorded per row (compile_s), not timed.",
+        show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a run: skip configs already recorded.")] = False,
     force: Annotated[bool, typer.Option(
@@ -94,6 +100,7 @@ def run_cmd(
     given = {k: v for k, v in {
         "suite": suite, "out": out, "variants": variants_, "seq_lens": seq_lens,
         "batch_sizes": batch_sizes, "mode": mode, "dtype": dtype, "device": device,
+        "compile": compile_,
         "resume": str(resume_dir) if resume_dir else None, "force": force or None,
         "mem_budget": mem_budget, "timeout": timeout, "threads": threads,
         "executor": executor if executor != "local" else None, "workers": workers}.items()
@@ -105,7 +112,7 @@ def run_cmd(
         force=force, variants=S.parse_list("--variants", variants_),
         seq_lens=S.parse_int_list("--seq-lens", seq_lens),
         batch_sizes=S.parse_int_list("--batch-sizes", batch_sizes),
-        modes=S.parse_list("--mode", mode), dtype=dtype, device=device,
+        modes=S.parse_list("--mode", mode), dtype=dtype, device=device, compile=compile_,
         mem_budget_bytes=S.parse_size(mem_budget) if mem_budget is not None else None,
         timeout_s=timeout, threads=threads, executor=executor, workers=workers,
         command=command, args=given)

@@ -23,7 +23,7 @@ TRAINING_PARAM_FACTOR = 4  # weights, grads, AdamW's two moments
 
 # Keys added after the first release enter the id only when not at their default, so configs
 # recorded before them keep their ids (and `--resume` of an old run still recognises them).
-OPTIONAL_ID_KEYS = {"layer": "block", "matmul_precision": "highest"}
+OPTIONAL_ID_KEYS = {"layer": "block", "matmul_precision": "highest", "compile": "none"}
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -99,6 +99,7 @@ def build_grid(suite: Suite, device: str) -> list[dict[str, Any]]:
                         "causal": suite.causal or mode in DECODE_MODES,  # decoding is causal
                         "layer": suite.layer,
                         "matmul_precision": suite.matmul_precision,
+                        "compile": suite.compile,
                         "batch_tokens": tokens,
                     }
                     cfg["config_id"] = config_id(cfg)

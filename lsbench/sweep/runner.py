@@ -32,7 +32,7 @@ CUDA_BUDGET_FRACTION = 0.85  # of free GPU memory
 PROBE_TIMEOUT_S = 600.0
 ENV_KEYS = ("hostname", "cpu_model", "torch", "python")
 GRID_OPTIONS = ("suite", "variants", "seq_lens", "batch_sizes", "modes", "dtype", "device",
-                "threads")
+                "threads", "compile")
 TIMING_METHOD = ("torch.utils.benchmark.Timer.adaptive_autorange (IQR/median < 10% or the time "
                  "budget), topped up to 6 blocks while the budget allows; samples are per-step "
                  "means of a block; median, IQR, 95% CI of the median by order statistics "
@@ -53,6 +53,7 @@ class RunRequest:
     modes: list[str] | None = None
     dtype: str | None = None
     device: str | None = None
+    compile: str | None = None  # torch.compile mode of the timed step (suite.COMPILE_MODES)
     mem_budget_bytes: int | None = None
     timeout_s: float | None = None
     threads: int | None = None
@@ -143,7 +144,7 @@ def plan_run(req: RunRequest) -> Plan:
     suite = load_suite(name)
     suite = override(suite, variants=req.variants, seq_lens=req.seq_lens,
                      batch_sizes=req.batch_sizes, modes=req.modes, dtype=req.dtype,
-                     device=req.device)
+                     device=req.device, compile=req.compile)
     device = resolve_device(suite.device)
     check_dtype(suite.dtype, device)
     run_dir = req.out if req.out is not None else default_run_dir(req.reports_root, suite.name)

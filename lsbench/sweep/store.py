@@ -39,6 +39,8 @@ EXTRA_COLUMNS = [
     "gpu_temp_c_start", "gpu_temp_c_end",
     # prefill/decode rows (lsbench.measure.decode): bytes per sequence, all layers
     "depth", "state_bytes", "state_bytes_formula", "max_batch_in_budget",
+    "compile", "compile_s",  # --compile: the torch.compile mode, and its compile time
+    "variant_note",  # what ran differs from the configuration (e.g. linformer's k capped at N)
 ]
 MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "repeats",
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
@@ -46,11 +48,11 @@ MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_
             "sdpa_backend", "matmul_precision", "device_name", "contended", "contention",
             "retimed", "steal_share", "sm_clock_mhz_start", "sm_clock_mhz_end",
             "sm_clock_mhz_max", "gpu_temp_c_start", "gpu_temp_c_end", "depth", "state_bytes",
-            "state_bytes_formula", "max_batch_in_budget"]
+            "state_bytes_formula", "max_batch_in_budget", "compile_s"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error", "unsupported")
 CONFIG_KEYS = ("variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
                "n_heads", "n_layers", "config_id", "ffn_dim", "causal", "batch_tokens", "params",
-               "layer")
+               "layer", "compile")
 
 
 def make_row(config: dict[str, Any], result: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,9 @@ A suite (all sections optional except `[sweep]`; unknown keys are errors):
               dtype, device ("auto", "cpu", "cuda"), matmul_precision (float32 matmuls:
               "highest" = full fp32, the default; "high" = TF32 on CUDA; "medium"),
               max_batch_tokens (leave out configs with batch × seq_len above it, e.g. to sweep
-              B=8 only where it stays cheap)
+              B=8 only where it stays cheap), compile ("none", the default; or a
+              torch.compile mode: "default", "reduce-overhead" = CUDA graphs on CUDA,
+              "max-autotune"; compile time is recorded per row, never timed)
     [timing]  time_budget_s (timed seconds per config), warmup (steps), timeout_s (per config)
     [decode]  depths, batch_sizes: the lengths (context depths) and batch sizes of the
               prefill/decode modes when they differ from [sweep]'s (e.g. a few deep contexts
@@ -45,6 +47,7 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 MODES = ("inference", "training", "prefill", "decode")
 DECODE_MODES = ("prefill", "decode")
 DTYPES = ("float32", "bfloat16", "float16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 DEVICES = ("auto", "cpu", "cuda")
 LAYERS = ("block", "attention")
 # Far beyond any machine (one float32 vector of d=64 per token at 2^24 tokens is 4 GiB per
@@ -56,7 +59,7 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("d_model", "n_heads", "n_layers", "ffn_dim", "causal", "layer"),
     "sweep": ("variants", "seq_lens", "batch_sizes", "batch_tokens", "modes", "dtype", "device",
-              "matmul_precision", "max_batch_tokens"),
+              "matmul_precision", "max_batch_tokens", "compile"),
     "timing": ("time_budget_s", "warmup", "timeout_s"),
 }
 DECODE_KEYS = ("depths", "batch_sizes")  # [decode] -> Suite.decode_depths, decode_batch_sizes
@@ -86,6 +89,7 @@ class Suite:
     device: str = "auto"
     matmul_precision: str = "highest"
     max_batch_tokens: int | None = None
+    compile: str = "none"  # torch.compile mode of the timed step (COMPILE_MODES)
     time_budget_s: float = 1.0
     warmup: int = 1
     timeout_s: float = 300.0
@@ -250,6 +254,8 @@ def validate(suite: Suite, where: str) -> None:
         raise unknown_choice("layer", suite.layer, LAYERS, where)
     if suite.matmul_precision not in MATMUL_PRECISIONS:
         raise unknown_choice("matmul_precision", suite.matmul_precision, MATMUL_PRECISIONS, where)
+    if suite.compile not in COMPILE_MODES:
+        raise unknown_choice("compile mode", suite.compile, COMPILE_MODES, where)
     if suite.dtype not in DTYPES:
         raise unknown_choice("dtype", suite.dtype, DTYPES, where)
     if suite.device not in DEVICES and not re.fullmatch(r"cuda:\d+", suite.device):

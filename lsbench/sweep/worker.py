@@ -153,6 +153,12 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         step, check, decode_fields = decode_step(model, x, c["mode"])
     else:
         step, check, decode_fields = make_step(model, x, c["mode"], amp_dtype), model, {}
+    compile_s = None
+    if c.get("compile", "none") != "none":  # compiled (and, reduce-overhead, graph-captured)
+        t0 = clock()  # by its first call: recorded, never timed
+        step = torch.compile(step, mode=None if c["compile"] == "default" else c["compile"])
+        step()
+        compile_s = clock() - t0
     # Warm-up keeps one-time costs (lazy kernel init, AdamW's state, allocator growth) out of
     # both the memory pass and the timed samples.
     for _ in range(max(1, unit.get("warmup", 1))):
@@ -204,6 +210,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
                         else cpu_model()),
         "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
+        "compile_s": compile_s,
+        "variant_note": type(model.blocks[0].attn).notes(N, dict(c["params"])),
     }, t.contention), c["mode"], decode_fields, B)
 
 

@@ -88,6 +88,12 @@ class Variant(Decoder, nn.Module):
                 )
 
     @classmethod
+    def notes(cls, seq_len: int, params: dict[str, Any] | None = None) -> str:
+        """A note for the result row when what ran differs from what was configured (e.g.
+        linformer's k capped at N); '' when it does not."""
+        return ""
+
+    @classmethod
     def mem_elems(cls, batch_size: int, seq_len: int, d_model: int, n_heads: int,
                   params: dict[str, Any], causal: bool = False) -> float:
         """Predicted number of activation elements one forward keeps alive (dominant term).
