@@ -451,6 +451,8 @@ def test_mamba2_has_the_official_layout_whatever_n_heads():
     assert Mamba2.defaults == {"d_state": 128, "expand": 2, "d_conv": 4, "headdim": 64,
                                "chunk": 256}
     assert build("mamba2", d_model=256, n_heads=4, headdim=128).ssd_n_heads == 4
+    assert "8 SSD heads" in Mamba2.notes(2048, {}, d_model=256, n_heads=16)
+    assert Mamba2.notes(2048, {}, d_model=256, n_heads=8) == ""
     with pytest.raises(LsbenchError, match="headdim"):
         build("mamba2", d_model=16, n_heads=4)  # expand·d_model = 32 < 64
 

@@ -85,7 +85,8 @@ class Linformer(QKVAttention):
         return min({**cls.defaults, **(params or {})}["k"], seq_len)
 
     @classmethod
-    def notes(cls, seq_len: int, params: dict | None = None) -> str:
+    def notes(cls, seq_len: int, params: dict | None = None, d_model: int | None = None,
+              n_heads: int | None = None) -> str:
         """A note for the result row when the configured k is not what ran, else ''."""
         k = {**cls.defaults, **(params or {})}["k"]
         if seq_len >= k:

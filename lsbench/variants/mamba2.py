@@ -136,6 +136,19 @@ class Mamba2(Variant):
         return params["expand"] * d_model // params["headdim"]
 
     @classmethod
+    def notes(cls, seq_len: int, params: dict | None = None, d_model: int | None = None,
+              n_heads: int | None = None) -> str:
+        """A note for the result row: the head layout that ran, when it is not the suite's."""
+        p = {**cls.defaults, **(params or {})}
+        if d_model is None:
+            return f"heads = expand·d_model / headdim ({p['headdim']}); n_heads is ignored"
+        H = cls.ssd_heads(d_model, p)
+        if H == n_heads:
+            return ""
+        return (f"{H} SSD heads of headdim {p['headdim']} (expand·d_model / headdim, as the "
+                f"official Mamba2); n_heads={n_heads} is ignored")
+
+    @classmethod
     def check_params(cls, d_model, n_heads, params):
         super().check_params(d_model, n_heads, params)
         cls.require_positive(params, "d_state", "expand", "d_conv", "headdim", "chunk")
