@@ -211,7 +211,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "matmul_precision": matmul_precision(device),
         "rss_method": rss.method if device.type == "cpu" else "",
         "compile_s": compile_s,
-        "variant_note": type(model.blocks[0].attn).notes(N, dict(c["params"])),
+        "variant_note": type(model.blocks[0].attn).notes(N, dict(c["params"]), d_model=D,
+                                                         n_heads=c["n_heads"]),
     }, t.contention), c["mode"], decode_fields, B)
 
 

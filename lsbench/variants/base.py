@@ -88,7 +88,8 @@ class Variant(Decoder, nn.Module):
                 )
 
     @classmethod
-    def notes(cls, seq_len: int, params: dict[str, Any] | None = None) -> str:
+    def notes(cls, seq_len: int, params: dict[str, Any] | None = None,
+              d_model: int | None = None, n_heads: int | None = None) -> str:
         """A note for the result row when what ran differs from what was configured (e.g.
         linformer's k capped at N); '' when it does not."""
         return ""
