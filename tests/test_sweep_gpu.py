@@ -273,6 +273,8 @@ def test_cuda_executor_gpus_runs_one_worker_per_gpu(tmp_path):
 
     workers = {r["worker"] for r in rows}
     assert workers <= {f"gpu {g}" for g in visible_gpus()}
+    info = json.loads((out / "run.json").read_text())
+    assert info["env"]["cuda"]["count"] == len(visible_gpus())  # not slot 0's view (1)
     assert len(workers) > 1 if len(visible_gpus()) > 1 else len(workers) == 1
 
 
@@ -284,3 +286,109 @@ def test_cuda_flex_variants_run_in_a_sweep(tmp_path, variant):
     assert result.exit_code == 0, result.output
     rows = rows_of(out)
     assert {r["status"] for r in rows} == {"ok"}, [r["reason"] for r in rows]
+
+
+# --- issue 17: what status/latency/memory > 0 would not catch -------------------------------
+
+
+@pytest.mark.parametrize("variant", ["flex_window", "flex_causal"])
+def test_cuda_flex_contract(variant):
+    """The registry contract of test_variants_contract.py, on CUDA (flex_* is CUDA only):
+    shape and finiteness at odd N, gradients reach every parameter (flex backward), batch
+    independence, padding invariance, and no causal leak."""
+    from tests.test_variants_contract import D, make, randn
+
+    for causal in (False, True):
+        m = make(variant, causal).cuda()
+        with torch.no_grad():
+            for n in (1, 7, 130, 1023):
+                y = m(randn(2, n, D).cuda())
+                assert y.shape == (2, n, D) and torch.isfinite(y).all()
+            x = randn(3, 300, D).cuda()
+            y = m(x)
+            torch.testing.assert_close(m(x[1:2]), y[1:2], atol=1e-4, rtol=1e-4)
+            mask = torch.ones(3, 340, dtype=torch.bool, device="cuda")
+            mask[:, 300:] = False
+            padded = m(torch.cat([x, 3 * randn(3, 40, D, seed=3).cuda()], 1), mask=mask)
+            torch.testing.assert_close(padded[:, :300], y, atol=1e-4, rtol=1e-4)
+            if causal or variant == "flex_causal":
+                x2 = x.clone()
+                x2[:, 200] = 5 * randn(3, D, seed=9).cuda()
+                torch.testing.assert_close(m(x2)[:, :200], y[:, :200], atol=1e-4, rtol=1e-4)
+        m.train()
+        xg = randn(2, 257, D).cuda().requires_grad_()
+        (m(xg) * randn(2, 257, D, seed=2).cuda()).sum().backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variant", ["flex_window", "flex_causal"])
+def test_cuda_flex_rows_ok_in_both_modes(variant):
+    """Item 1: under the worker's SDPA probe, flex rows used to come back as error rows."""
+    for mode in ("inference", "training"):
+        row = _gpu_row(variant, "bfloat16", n=1024, mode=mode)
+        assert row["status"] == "ok", (mode, row.get("reason"))
+        assert row["sdpa_backend"] == ""
+
+
+def test_cuda_fp16_training_step_gradients_are_not_zero():
+    """Item 2 on CUDA at the App. E shape (B=16, N=1024, 8x64 heads, attention sublayer)."""
+    from lsbench.models import Encoder, EncoderConfig
+    from lsbench.sweep.worker import make_step
+
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig("sdpa", 512, 8, 1, 2048, False, {}, "attention")).cuda()
+    step = make_step(model, torch.randn(16, 1024, 512, device="cuda"), "training",
+                     torch.float16)
+    step()
+    grads = [p.grad for p in model.parameters()]
+    zero = sum(int((g == 0).sum()) for g in grads) / sum(g.numel() for g in grads)
+    assert zero < 0.01 and all(torch.isfinite(g).all() for g in grads), zero
+
+
+def test_cuda_transformer_half_training_memory_per_score():
+    """Item 3: fp16 scores, probabilities and one gradient (~6 bytes per score at the peak);
+    an fp32 softmax under autocast needs about twice that."""
+    row = run_config_row("transformer", n=4096)
+    per_score = row["peak_mem_mib"] * 2**20 / (2 * 8 * 4096 * 4096)
+    assert row["status"] == "ok" and per_score <= 7.5, (row, per_score)
+
+
+def run_config_row(variant: str, n: int) -> dict:
+    from lsbench.sweep.worker import execute
+
+    config = {"variant": variant, "params": {}, "mode": "training", "dtype": "float16",
+              "device": "cuda", "batch_size": 2, "seq_len": n, "d_model": 512, "n_heads": 8,
+              "n_layers": 1, "ffn_dim": 2048, "causal": False, "batch_tokens": None,
+              "layer": "attention"}
+    return execute({"kind": "config", "config": config, "time_budget_s": 0.2, "warmup": 1,
+                    "threads": 1})
+
+
+def test_cuda_gpus_executor_pins_each_worker(tmp_path):
+    """Not trivially true on one GPU: two workers pinned to the same GPU both run configs,
+    each sees exactly one device, and run.json counts the GPUs the run uses."""
+    from lsbench.sweep.executors import EnvLocalExecutor, Pool, visible_gpus
+    from lsbench.sweep.runner import RunRequest, execute, plan_run
+
+    gpu = visible_gpus()[0]
+    slots = [EnvLocalExecutor(1, {"CUDA_VISIBLE_DEVICES": gpu}, f"gpu {gpu}/{i}")
+             for i in range(2)]
+    probe = Pool("gpus", slots, [s.label for s in slots], gpu_slots=True)
+    try:
+        env = probe.run({"kind": "probe", "device": "cuda", "dtype": "float32", "threads": 1},
+                        300)["env"]
+        assert env["cuda"]["count_in_worker"] == 1 and env["cuda"]["count"] == 2
+        plan = plan_run(RunRequest(suite="smoke", out=tmp_path / "run", device="cuda",
+                                   threads=1))
+
+        class Quiet:
+            def __getattr__(self, name):
+                return lambda *a, **k: None
+
+        out = execute(plan, Quiet(), executor=probe)
+    finally:
+        probe.close()
+    assert out.complete and {r["status"] for r in out.rows} == {"ok"}
+    assert {r["worker"] for r in out.rows} == {s.label for s in slots}

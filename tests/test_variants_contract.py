@@ -21,7 +21,10 @@ CAUSAL = [n for n in NAMES if REGISTRY[n].supports_causal]
 
 def device_marks(name: str) -> list:
     """A variant that declares `devices` without "cpu" (e.g. flex_*: CUDA only) is skipped in
-    these CPU tests with a visible reason, and runs in the `gpu` job on CUDA instead."""
+    these CPU tests with a visible reason; its contract (shape, gradients, batch independence,
+    padding, causal leak) runs on CUDA in the `gpu` job (test_sweep_gpu.py,
+    test_cuda_flex_contract), and its compiled forward through the worker in the `slow` job
+    (test_fake_cuda_flex.py)."""
     devices = getattr(REGISTRY[name], "devices", ("cpu", "cuda"))
     if "cpu" in devices:
         return []
