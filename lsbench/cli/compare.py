@@ -90,7 +90,6 @@ def compare(
     else:
         _print_comparison(cmp, limit, threshold, bad)
     if threshold is not None and not m.comparable:
-        err_console.print("[bold red]not comparable[/]: " + m.messages[0], highlight=False)
         raise typer.Exit(3)
     if threshold is not None and not bad.empty:
         raise typer.Exit(2)
@@ -132,7 +131,10 @@ def _print_comparison(cmp, limit: int, threshold: float | None, bad) -> None:
     console.print(f"{len(t)} shared config(s) ({counts}); only in A: {cmp.only_a}, only in "
                   f"B: {cmp.only_b}. * = significant (confidence intervals do not overlap).",
                   highlight=False)
-    if threshold is not None:
+    if threshold is not None and not cmp.machine.comparable:
+        console.print(f"[bold red]not comparable[/]: --fail-above {threshold:.1%} is not "
+                      "decided (machine or code? see 'machine:' above)", highlight=False)
+    elif threshold is not None:
         what = " (relative to the canary)" if norm else ""
         if bad.empty:
             console.print(f"[green]no significant regression above {threshold:.1%}{what}[/]")
