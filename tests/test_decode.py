@@ -46,7 +46,8 @@ DECODING = [n for n in _causal_cpu_names() if _decodes(n)]
 
 
 def test_the_variants_with_a_known_incremental_form_decode():
-    assert {"transformer", "sdpa", "local", "longformer", "linear"} <= set(DECODING)
+    assert {"transformer", "sdpa", "local", "longformer", "linear", "performer",
+            "mamba2"} <= set(DECODING)
 
 
 @pytest.mark.parametrize("name", sorted(set(REGISTRY) - set(DECODING)))
@@ -180,3 +181,21 @@ def test_an_encoder_fills_its_states_in_chunks_with_the_depth_it_was_given():
     with torch.no_grad():
         states = model.fill_state(torch.randn(1, 50, D), capacity=51, chunk=16)
     assert [s.pos for s in states] == [50, 50]
+
+
+def test_performer_decodes_finite_outputs_at_any_input_scale():
+    """The running key max rescales the state (<= 1), so a step never overflows, as the
+    chunked causal forward; and it still matches that forward at a large scale."""
+    torch.manual_seed(0)
+    model = build("performer", D, H, causal=True, chunk=8).double().eval()
+    x = torch.randn(1, 24, D, dtype=torch.float64) * 1e3
+    with torch.no_grad():
+        full = model(x)
+        _, state = model.prefill(x[:, :10])
+        outs = []
+        for t in range(10, 24):
+            y_t, state = model.step(x[:, t:t + 1], state)
+            outs.append(y_t)
+    y = torch.cat(outs, dim=1)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, full[:, 10:], atol=1e-8 * full.abs().max().item(), rtol=0)

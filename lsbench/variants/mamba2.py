@@ -50,6 +50,7 @@ from torch import nn
 
 from lsbench.errors import LsbenchError
 from lsbench.measure.flops import linear_flops
+from lsbench.variants._decode import CaptureQKV, DecodeState
 from lsbench.variants.base import Variant
 
 
@@ -218,3 +219,72 @@ class Mamba2(Variant):
         y = y.reshape(Bsz, N, E) * F.silu(z.to(acc))  # gate, then RMSNorm (norm_before_gate=False)
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.to(acc)
         return self.out_proj(y.to(x.dtype))  # (B, N, D)
+
+    # --- incremental decoding, as mamba_ssm's `Mamba2.step`: a conv state (the last d_conv - 1
+    # inputs of the depthwise conv) and the SSM state h (B, H, S, P); both fixed in size --------
+
+    def decode_check(self) -> None:
+        pass  # causal by construction, with or without causal=True
+
+    def empty_state(self, batch, capacity, like):
+        acc = torch.promote_types(like.dtype, torch.float32)
+        H, S, P = self.ssd_n_heads, self.d_state, self.head_dim
+        conv = like.new_zeros(batch, self.d_inner + 2 * S, self.params["d_conv"] - 1)
+        h = like.new_zeros(batch, H, S, P, dtype=acc)
+        return DecodeState({"conv": conv, "h": h}, pos=0)
+
+    def _absorb(self, zxbcdt: torch.Tensor, state: DecodeState):
+        """Run C tokens' in_proj outputs (B, C, ·) through the conv and the recurrence from
+        `state`: -> (X (B, C, H, P), z (B, C, E), C_t (B, C, S), the state C tokens on)."""
+        Bsz, C, _ = zxbcdt.shape
+        H, E, S = self.ssd_n_heads, self.d_inner, self.d_state
+        z, xBC, dt = zxbcdt.split([E, E + 2 * S, H], dim=-1)
+        window = torch.cat([state.tensors["conv"], xBC.transpose(1, 2)], dim=-1)  # (B, E+2S, k-1+C)
+        conv = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=E + 2 * S)
+        xs, Bm, Cm = F.silu(conv.transpose(1, 2)).split([E, S, S], dim=-1)  # (B, C, ·)
+        acc = state.tensors["h"].dtype
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, C, H)
+        X = xs.to(acc).view(Bsz, C, H, E // H)  # (B, C, H, P)
+        cs = (dt * -torch.exp(self.A_log.to(acc))).cumsum(1)  # (B, C, H) log decay, <= 0
+        w = torch.exp(cs[:, -1:] - cs) * dt  # (B, C, H): decay to the last token, times dt
+        h = (torch.exp(cs[:, -1])[..., None, None] * state.tensors["h"]
+             + torch.einsum("bcs,bch,bchp->bhsp", Bm.to(acc), w, X))  # (B, H, S, P)
+        k = self.params["d_conv"]
+        new = DecodeState({"conv": window[..., window.shape[-1] - (k - 1):], "h": h},
+                          pos=state.pos + C)
+        return X, z, Cm.to(acc), new
+
+    def _gate_out(self, y: torch.Tensor, z: torch.Tensor, dtype) -> torch.Tensor:
+        """y (B, C, E) -> gated RMSNorm (norm after the gate), out_proj, as forward."""
+        y = y * F.silu(z.to(y.dtype))
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.to(y.dtype)
+        return self.out_proj(y.to(dtype))
+
+    def prefill(self, x, capacity=None):
+        with CaptureQKV(self.in_proj) as cap:
+            y = self(x)
+        _, _, _, state = self._absorb(cap.out, self.empty_state(x.shape[0], 0, x))
+        return y, state
+
+    def fill(self, x, state):
+        X, z, _, state = self._absorb(self.in_proj(x), state)
+        y = (self.D.to(X.dtype)[:, None] * X).flatten(2)  # stand-in: the skip term alone
+        return self._gate_out(y, z, x.dtype), state
+
+    def step(self, x_t, state):
+        X, z, Cm, state = self._absorb(self.in_proj(x_t), state)  # X: (B, 1, H, P)
+        y = torch.einsum("bs,bhsp->bhp", Cm[:, 0], state.tensors["h"])[:, None]  # (B, 1, H, P)
+        y = (y + self.D.to(X.dtype)[:, None] * X).flatten(2)  # (B, 1, E)
+        return self._gate_out(y, z, x_t.dtype), state
+
+    @classmethod
+    def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
+        E, S, k = params["expand"] * d_model, params["d_state"], params["d_conv"]
+        H = cls.ssd_heads(d_model, params)
+        acc = max(elem_bytes, 4)  # the SSM state is kept in float32 for half inputs
+        return (E + 2 * S) * (k - 1) * elem_bytes + H * S * (E // H) * acc
+
+    @classmethod
+    def decode_mem_elems(cls, batch_size, seq_len, d_model, n_heads, params):
+        E, S = params["expand"] * d_model, params["d_state"]
+        return 2.0 * batch_size * E * S  # the state; `fill` works chunk by chunk

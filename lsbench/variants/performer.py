@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lsbench.measure.flops import linear_flops
+from lsbench.variants._decode import CaptureQKV, Decoder, DecodeState, heads, standin_output
 from lsbench.variants.transformer import QKVAttention, merge_heads
 
 EPS = 1e-4  # performer-pytorch `softmax_kernel` default
@@ -129,8 +130,8 @@ def causal_favor_attention(qf: torch.Tensor, expo: torch.Tensor, key_max: torch.
     mc, runc = m.view(B, H, M, C), run.view(B, H, M, C)
     # inside the chunk: φ(q_i)·kexp_j·exp(m_j − M_i) for j <= i
     tril = torch.ones(C, C, dtype=torch.bool, device=qf.device).tril()
-    rel = (mc[..., None, :] - runc[..., :, None]).masked_fill(~tril, float("-inf"))
-    a = (qc @ kc.transpose(-2, -1)) * torch.exp(rel)  # (B, H, M, C, C)
+    decay = (mc[..., None, :] - runc[..., :, None]).masked_fill_(~tril, float("-inf")).exp_()
+    a = (qc @ kc.transpose(-2, -1)).mul_(decay)  # (B, H, M, C, C); in place: one buffer less
     # chunk states relative to the chunk's own max μ_c
     mu = mc.amax(-1)  # (B, H, M)
     kw = kc * torch.exp(mc - mu[..., None])[..., None]  # (B, H, M, C, R)
@@ -235,6 +236,65 @@ class Performer(QKVAttention):
                 kf = kf * keep[..., None]
             y = favor_attention(qf, kf, v)
         return self.out(merge_heads(y.to(x.dtype)))  # (B, N, D)
+
+    # --- incremental decoding: the causal path as a recurrence over the running key max M ----
+    # State per (batch, head): M, S = Σ_j exp(e_j − M) v_jᵀ (R, Dh), z = Σ_j exp(e_j − M) (R),
+    # and Σ_j v_j (Dh) for the eps part; a new key with a larger max rescales S, z by
+    # exp(M − M') <= 1, so nothing overflows at any input scale (as the chunked forward).
+
+    def decode_check(self) -> None:
+        if not self.causal:
+            Decoder.decode_check(self)
+
+    def empty_state(self, batch, capacity, like):
+        acc = torch.promote_types(like.dtype, torch.float32)
+        H, R, Dh = self.n_heads, self.params["nb_features"], self.head_dim
+        s = like.new_zeros(batch, H, R, Dh, dtype=acc)
+        low = like.new_full((batch, H), torch.finfo(acc).min, dtype=acc)  # no key yet
+        return DecodeState({"m": low, "s": s, "z": s.new_zeros(batch, H, R),
+                            "vsum": s.new_zeros(batch, H, Dh)}, pos=0)
+
+    def _add(self, state: DecodeState, k: torch.Tensor, v: torch.Tensor) -> DecodeState:
+        """The state with C more keys/values (B, H, C, Dh) summed in (new tensors)."""
+        acc = state.tensors["s"].dtype
+        k, v = k.to(acc), v.to(acc)
+        expo, key_max, _ = key_exponents(k, self.projection.to(acc), None)  # (B, H, C, R)
+        m_old = state.tensors["m"]
+        m = torch.maximum(m_old, key_max.amax(-1))  # (B, H): the new running max
+        kw = torch.exp(expo - key_max[..., None]) * torch.exp(key_max - m[..., None])[..., None]
+        scale = torch.exp(m_old - m)  # (B, H), <= 1
+        s = state.tensors["s"] * scale[..., None, None] + kw.transpose(-2, -1) @ v
+        z = state.tensors["z"] * scale[..., None] + kw.sum(-2)
+        return DecodeState({"m": m, "s": s, "z": z, "vsum": state.tensors["vsum"] + v.sum(-2)},
+                           pos=state.pos + k.shape[2])
+
+    def prefill(self, x, capacity=None):
+        self.decode_check()
+        with CaptureQKV(self.qkv) as cap:
+            y = self(x)
+        _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
+        return y, self._add(self.empty_state(x.shape[0], 0, x), k, v)
+
+    def fill(self, x, state):
+        _, k, v = self.project(x)  # 3 × (B, H, C, Dh)
+        return standin_output(self, v), self._add(state, k, v)
+
+    def step(self, x_t, state):
+        q, k, v = self.project(x_t)  # 3 × (B, H, 1, Dh)
+        state = self._add(state, k, v)
+        acc = state.tensors["s"].dtype
+        qf = query_features(q.to(acc), self.projection.to(acc))  # (B, H, 1, R)
+        tail = EPS * qf.sum(-1)  # (B, H, 1)
+        num = qf @ state.tensors["s"] + tail[..., None] * state.tensors["vsum"][:, :, None]
+        den = (qf @ state.tensors["z"][..., None])[..., 0] + tail * state.pos  # (B, H, 1)
+        y = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]  # (B, H, 1, Dh)
+        return self.out(merge_heads(y.to(x_t.dtype))), state
+
+    @classmethod
+    def state_bytes(cls, depth, d_model, n_heads, params, elem_bytes):
+        R, Dh = params["nb_features"], d_model // n_heads
+        acc = max(elem_bytes, 4)  # features and sums in float32 for half inputs
+        return n_heads * (1 + R * Dh + R + Dh) * acc
 
 
 __all__ = ["Performer", "orthogonal_features"]
