@@ -26,11 +26,13 @@ LATENCY_COLUMNS = [
     "pct_of_peak", "config_id",
 ]
 EXTRA_COLUMNS = ["peak_rss_mib", "predicted_mem_mib", "noisy", "threads", "contended",
-                 "contention", "retimed"]
+                 "contention", "retimed", "steal_share", "drift", "state_bytes",
+                 "state_bytes_formula", "max_batch_in_budget", "variant_note"]
 INT_COLUMNS = ["batch_size", "seq_len", "d_model", "n_heads", "n_layers", "repeats", "threads"]
 FLOAT_COLUMNS = [
     "latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_high", "peak_mem_mib",
     "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib", "predicted_mem_mib",
+    "steal_share", "state_bytes", "state_bytes_formula", "max_batch_in_budget",
 ]
 # The columns that identify a configuration when a row carries no `config_id`.
 KEY_COLUMNS = ["variant", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
@@ -206,6 +208,8 @@ def normalise_rows(df: pd.DataFrame) -> pd.DataFrame:
     given = df["noisy"].map(_as_bool)
     df["noisy"] = given.where(given.notna(), computed).astype(bool) & ~failed
     df["contended"] = df["contended"].map(_as_bool).fillna(False).astype(bool) & ~failed
+    df["drift"] = df["drift"].map(_as_bool).fillna(False).astype(bool) & ~failed
+    df["variant_note"] = df["variant_note"].where(df["variant_note"].notna(), "").astype(str)
     missing_id = df["config_id"].isna() | (df["config_id"].astype(str) == "")
     if missing_id.any():
         df.loc[missing_id, "config_id"] = df.loc[missing_id, KEY_COLUMNS].apply(
