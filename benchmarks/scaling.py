@@ -6,6 +6,11 @@ lengths with `torch.utils.benchmark` and fits the log-log slope of median time v
 
     python benchmarks/scaling.py                       # N = 1024 … 8192, every variant
     python benchmarks/scaling.py --lens 256,512 --variants linear,transformer
+    python benchmarks/scaling.py --variants linformer --lens 1024,2048,4096 --heap default
+
+`--heap retain` (the default, as lsbench's worker times CPU steps) keeps freed memory in the
+heap; `--heap default` leaves glibc as it is, so each step's large blocks are fresh pages and
+their page faults are timed too (lsbench.measure.memory).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from rich.table import Table
 from torch.utils import benchmark
 
 from lsbench.errors import LsbenchError
+from lsbench.measure.memory import retain_freed_memory
 from lsbench.variants import REGISTRY, build, get
 
 
@@ -57,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--min-run-time", type=float, default=1.0,
                    help="seconds of timing per (variant, N)")
+    p.add_argument("--heap", choices=("retain", "default"), default="retain",
+                   help="retain: freed memory stays in the heap (as lsbench times CPU steps)")
     args = p.parse_args()
     args.lens = [int(n) for n in args.lens.split(",") if n]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -66,6 +74,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     console = Console()
+    allocator = retain_freed_memory() if args.heap == "retain" else "allocator defaults"
+    console.log(f"allocator: {allocator}")
     for name in args.variants:
         get(name)  # unknown names fail before any timing
     table = Table(title=f"no-grad forward, B={args.batch_size}, d_model={args.d_model}, "

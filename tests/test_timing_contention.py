@@ -3,6 +3,9 @@ rows with too few samples are never called steady."""
 
 from __future__ import annotations
 
+import re
+import time
+
 from lsbench.measure import timing
 from lsbench.measure.timing import Contention, summarise
 
@@ -68,9 +71,9 @@ def test_a_falling_matmul_peak_warns_in_run_json_and_the_report(tmp_path, monkey
 
     def probe(unit):
         out = real_probe(unit)
-        calls["n"] += 1
-        if out.get("machine_peak") and calls["n"] > 1:  # the end-of-run re-check
-            out["machine_peak"]["gflops"] *= 0.5
+        if out.get("machine_peak"):  # fixed readings: a busy machine's own drift is not tested
+            calls["n"] += 1
+            out["machine_peak"]["gflops"] = 100.0 if calls["n"] == 1 else 50.0  # the re-check
         return out
 
     monkeypatch.setattr(worker, "probe", probe)
@@ -124,4 +127,68 @@ def test_contended_rows_are_marked_and_warned_in_the_terminal(tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # rich wraps the warning
     assert "2 row(s) were timed while another process took the CPU" in text  # B=1 and B=8
-    assert "│ !0." in text  # the latency cell carries the mark
+    # the latency cell carries the mark, whatever this CPU's speed makes of the number
+    assert re.search(r"│ ![^│ ]*[0-9]", text), text  # other marks (~ noisy, § drift) may follow
+
+
+def test_other_processes_busy_on_our_cores_flag_the_row():
+    steady = summarise([1.0, 1.01, 0.99, 1.0], 1)
+    # spinning OpenMP threads look served (CPU 0.99, few switches) while a peer is descheduled
+    crowded = Contention(2.0, 3.96, 10, 2, others_cpu_s=2.0, cores=2)
+    assert crowded.flagged(steady) and "busy on 1.0 of 2 cores" in crowded.describe(steady)
+    quiet = Contention(2.0, 3.96, 10, 2, others_cpu_s=0.05, cores=2)  # kernel threads, parent
+    assert not quiet.flagged(steady)
+    # one thread on two cores leaves a core free for the others
+    assert not Contention(2.0, 1.98, 10, 1, others_cpu_s=2.0, cores=2).flagged(steady)
+
+
+def test_busy_cpu_seconds_read_from_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  9 9 9 9 9 9 9 9 0 0\n"
+                    "cpu0 100 0 50 1000 0 0 0 10 0 0\ncpu1 200 0 0 1000 5 0 0 0 0 0\n")
+    monkeypatch.setattr(timing, "_cpus", lambda: {0, 1})
+    monkeypatch.setattr(timing, "_TICK_S", 0.01)
+    assert abs(timing.busy_cpu_s(str(stat)) - 3.6) < 1e-9  # idle and iowait left out
+    assert timing.busy_cpu_s(str(tmp_path / "missing")) is None
+
+
+def test_every_attempt_contended_retimes_with_one_thread(monkeypatch):
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+
+    class Crowded:
+        def __init__(self, threads):
+            self.threads = threads
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.result = Contention(1.0, 2.0, 10, self.threads, others_cpu_s=1.5, cores=2)
+
+    def fake_time_step(step, budget_s, threads, step_s=None):
+        t = summarise([0.2, 0.2, 0.2] if threads == 1 else [3.0, 3.0, 3.0], 1)
+        t.threads = threads
+        return t
+
+    monkeypatch.setattr(timing, "_Usage", Crowded)
+    monkeypatch.setattr(timing, "time_step", fake_time_step)
+    t = timing.time_step_checked(lambda: None, 0.1, 2)
+    assert t.threads == 1 and t.median_s == 0.2 and t.one_thread_retime and t.contended
+    assert t.retimed == timing.MAX_RETIMES + 1
+
+
+def test_short_steps_are_timed_in_blocks_of_at_least_20_ms():
+    # a sleep never ends early, on any CPU and under any load: blocks can only come out longer
+    t = timing.time_step(lambda: time.sleep(0.002), budget_s=0.2, threads=1, step_s=0.002)
+    assert 2 <= t.iters_per_sample <= 10
+    assert min(t.samples_s) * t.iters_per_sample >= timing.BLOCK_S / 2
+    slow = timing.time_step(lambda: None, budget_s=0.1, threads=1, step_s=0.5)
+    assert slow.iters_per_sample == 1  # a step of 2+ blocks is one call per block
+
+
+def test_freed_memory_setting_is_recorded_and_the_heap_can_be_trimmed():
+    from lsbench.measure import memory
+
+    before = memory.allocator_setting()
+    assert before  # e.g. "glibc 2.36 malloc defaults"
+    memory.trim_heap()  # never fails, whatever the allocator

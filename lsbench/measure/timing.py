@@ -1,22 +1,29 @@
-"""Latency of one step: torch.utils.benchmark's adaptive autorange, summarised robustly.
+"""Latency of one step: blocks of calls long enough to swamp scheduler jitter, summarised robustly.
 
-`torch.utils.benchmark.Timer` synchronises the accelerator around each timed block (so CUDA's
-asynchronous launches are not mistaken for finished work), fixes the thread count, and picks a
-block size that makes timer overhead negligible. `adaptive_autorange` keeps adding blocks until
-IQR/median < `threshold` or the time budget is spent. Each sample is one block's mean per-step
-time; we report the median, the IQR and a distribution-free 95% confidence interval of the
-median (order statistics, binomial method). That interval needs >= 6 samples; when
-`adaptive_autorange` stops earlier (a steady step, after 4), more blocks are timed the same way
-while the budget allows, and `ci_level` is the interval's exact coverage either way.
+Each sample is one *block*: `number` back-to-back calls timed with torch.utils.benchmark's clock
+(which synchronises the accelerator, so CUDA's asynchronous launches are not mistaken for
+finished work), garbage collection off, `threads` threads, as `Timer.blocked_autorange` times
+its blocks. `number` is chosen so a block lasts at least BLOCK_S (20 ms): a 0.5 ms step timed
+one call at a time is at the mercy of a single 1-2 ms scheduler tick (IQR/median 0.1-0.33 on a
+quiet 2-core VM), a 20 ms block is not. Blocks are added until IQR/median < `threshold` with at
+least CI_SAMPLES blocks, or the time budget is spent. We report the median per-step time, the
+IQR and a distribution-free 95% confidence interval of the median (order statistics, binomial
+method); `ci_level` is the interval's exact coverage (below 0.95 under 6 samples).
 
     t = time_step(step, budget_s=1.0, threads=2)
     t.median_s, t.iqr_s, t.ci_low_s, t.ci_high_s, t.repeats
+
+On CPU, `time_step_checked` also watches what the OS saw while the blocks ran (`Contention`)
+and times a contended row again; when every attempt was contended and the step used several
+threads, it is timed once more with one thread (OpenMP threads wait at barriers for a peer
+the scheduler took away, so 2 threads under load run 10-20x slow, one thread ~1-2x).
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch.utils.benchmark import Timer
 from torch.utils.benchmark.utils.common import set_torch_threads
 from torch.utils.benchmark.utils.timer import timer as clock
 
@@ -45,6 +51,8 @@ class TimingResult:
     samples_s: list[float] = field(default_factory=list)  # per-step time of each block
     contention: Contention | None = None  # what the OS saw while the blocks ran
     retimed: int = 0  # times the step was timed again because the machine was busy
+    threads: int | None = None  # threads the kept timing used (1 after a one-thread re-time)
+    one_thread_retime: bool = False  # every attempt with `threads` threads was contended
 
     @property
     def noisy(self) -> bool | None:
@@ -55,7 +63,7 @@ class TimingResult:
 
     @property
     def contended(self) -> bool:
-        return bool(self.contention and self.contention.flagged(self))
+        return self.one_thread_retime or bool(self.contention and self.contention.flagged(self))
 
 
 @dataclass
@@ -75,6 +83,25 @@ class Contention:
     involuntary_switches: int
     threads: int
     steal_share: float | None = None  # hypervisor steal, system-wide (Linux; measure/steal.py)
+    others_cpu_s: float | None = None  # CPU the rest of this machine used meanwhile (Linux)
+    cores: int | None = None  # CPUs this process may run on
+
+    @property
+    def others_cores(self) -> float | None:
+        """Cores the other processes kept busy on average, less /proc/stat's tick slack."""
+        if self.others_cpu_s is None or self.wall_s <= 0:
+            return None
+        slack = TICK_SLACK * (self.cores or 1)
+        return max(0.0, self.others_cpu_s - slack) / self.wall_s
+
+    @property
+    def crowded(self) -> bool:
+        """Other processes used more CPU than the cores this step leaves free (+ a margin).
+
+        Seen where rusage is blind: OpenMP threads spinning at a barrier for a descheduled
+        peer burn their CPU share, so the process looks served while the step runs 10x slow."""
+        busy = self.others_cores
+        return busy is not None and busy > max(0, (self.cores or 1) - self.threads) + CROWD_CORES
 
     @property
     def switch_rate(self) -> float:
@@ -89,12 +116,14 @@ class Contention:
         slow_block = (t.repeats >= MIN_SAMPLES
                       and max(t.samples_s) > SLOW_BLOCK_FACTOR * t.median_s)
         starved = self.switch_rate > MAX_SWITCH_RATE and self.cpu_share < STARVED_SHARE
-        return starved or slow_block or stolen(self.steal_share)
+        return starved or slow_block or self.crowded or stolen(self.steal_share)
 
     def describe(self, t: TimingResult) -> str:
         worst = max(t.samples_s) / t.median_s if t.median_s > 0 and t.samples_s else 1.0
         return (f"{self.switch_rate:.0f} involuntary context switches/s, CPU {self.cpu_share:.2f}"
                 f" of {self.threads} thread(s), slowest block {worst:.1f}x the median"
+                + (f", other processes busy on {self.others_cores:.1f} of {self.cores} cores"
+                   if self.others_cores is not None else "")
                 + (f", {describe_steal(self.steal_share)}" if self.steal_share is not None
                    else ""))
 
@@ -102,6 +131,10 @@ class Contention:
 MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy ...
 STARVED_SHARE = 0.9  # ... and the threads got less than this share of the wall time
 SLOW_BLOCK_FACTOR = 3.0  # a block this many times the median: something else ran
+# Other processes busy on more than the free cores + this many cores: the step was crowded.
+# Quiet, the rest of a 2-core VM (kernel threads, lsbench's parent) uses ~0.02 cores.
+CROWD_CORES = 0.25
+TICK_SLACK = 0.02  # s per CPU: /proc/stat counts 10 ms ticks, getrusage does not
 
 
 def median_ci(samples: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -156,13 +189,44 @@ class _Usage:
     def __enter__(self) -> _Usage:
         self._r0, self._t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
         self._j0 = read_cpu_jiffies()
+        self._b0 = busy_cpu_s()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         r1, wall = resource.getrusage(resource.RUSAGE_SELF), clock() - self._t0
         cpu = (r1.ru_utime - self._r0.ru_utime) + (r1.ru_stime - self._r0.ru_stime)
+        b1 = busy_cpu_s()
+        others = None if self._b0 is None or b1 is None else max(0.0, b1 - self._b0 - cpu)
         self.result = Contention(wall, cpu, r1.ru_nivcsw - self._r0.ru_nivcsw, self.threads,
-                                 steal_share(self._j0, read_cpu_jiffies()))
+                                 steal_share(self._j0, read_cpu_jiffies()), others,
+                                 len(_cpus()))
+
+
+def _cpus() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def busy_cpu_s(path: str = "/proc/stat") -> float | None:
+    """Seconds the CPUs this process may use have spent busy since boot (every process's
+    user, nice, system, irq, softirq and steal time; Linux `cpuN` lines), or None."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    cpus, ticks = {f"cpu{i}" for i in _cpus()}, 0
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] in cpus and len(parts) >= 9:
+            u, n, sy, _idle, _io, irq, soft, steal = (int(x) for x in parts[1:9])
+            ticks += u + n + sy + irq + soft + steal
+    return ticks * _TICK_S if ticks else None
 
 
 MAX_RETIMES = 2  # a contended row is timed again at most this often ...
@@ -185,39 +249,85 @@ def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
         if not t.contended:
             return t
     best.retimed = MAX_RETIMES
+    if threads > 1:  # every attempt crowded: barrier waits for a descheduled peer dominate
+        time.sleep(QUIET_WAIT_S)
+        with _Usage(1) as usage:
+            single = time_step(step, budget_s, 1, step_s)
+        single.contention, single.retimed = usage.result, MAX_RETIMES + 1
+        single.one_thread_retime = best.one_thread_retime = True
+        if single.median_s < best.median_s:
+            return single
+        best.retimed = MAX_RETIMES + 1
     return best
 
 
-def _rank(c: Contention) -> tuple[float, float]:
+def _rank(c: Contention) -> tuple[float, float, float]:
     """Least contended first: a timing the hypervisor did not rob (else the least robbed),
-    then the fewest switches."""
-    return (c.steal_share if stolen(c.steal_share) else 0.0, c.switch_rate)
+    then the least crowded by other processes, then the fewest switches."""
+    return (c.steal_share if stolen(c.steal_share) else 0.0,
+            (c.others_cores or 0.0) if c.crowded else 0.0, c.switch_rate)
+
+
+BLOCK_S = 0.02  # a sample is a block of calls at least this long (scheduler ticks are 1-4 ms)
 
 
 def time_step(step: Callable[[], Any], budget_s: float, threads: int,
               step_s: float | None = None, threshold: float = NOISE_LIMIT) -> TimingResult:
-    """Time `step()` for about `budget_s` seconds of samples (the block-size estimate, which
-    also warms up, comes on top); stop early once IQR/median < `threshold` (>= 4 samples).
+    """Time `step()` in blocks of >= BLOCK_S for about `budget_s` seconds; stop early once
+    IQR/median < `threshold` over >= CI_SAMPLES blocks. A calibration block (also a warm-up)
+    comes on top, except for steps that already take 2 blocks' length (`step_s`).
 
-    `step_s`, one step's duration seen in the warm-up, stretches the budget so that slow steps
-    still get MIN_SAMPLES samples, up to MAX_STRETCH × budget; beyond that fewer samples are
-    taken and the row's `repeats` says so.
+    `step_s`, one step's duration seen in the warm-up, also stretches the budget so that slow
+    steps still get MIN_SAMPLES samples, up to MAX_STRETCH × budget; beyond that fewer
+    samples are taken and the row's `repeats` says so.
     """
-    timer = Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    max_run_time = budget_s
-    if step_s is not None:
-        max_run_time = min(max(budget_s, MIN_SAMPLES * step_s), MAX_STRETCH * budget_s)
-    m = timer.adaptive_autorange(threshold=threshold, min_run_time=min(0.1, budget_s),
-                                 max_run_time=max_run_time)
-    raw, number = list(m.raw_times), m.number_per_run
-    while len(raw) < CI_SAMPLES and sum(raw) + max(raw) <= max_run_time:
-        raw.append(_time_block(step, number, threads))
-    return summarise([t / number for t in raw], number)
+    number, block_s = _block_size(step, threads, step_s)
+    max_run_time = min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
+    raw: list[float] = []
+    while True:
+        block = _time_block(step, number, threads)
+        if number == 1 and not raw and block < BLOCK_S / 2:  # the warm-up overstated the step
+            number, block_s = _block_size(step, threads, block)
+            max_run_time = min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
+            continue
+        raw.append(block)
+        if len(raw) >= CI_SAMPLES and _spread(raw) < threshold:
+            break
+        if sum(raw) + float(np.median(raw)) > max_run_time:  # the next block would overrun
+            break
+    t = summarise([b / number for b in raw], number)
+    t.threads = threads
+    return t
+
+
+def _spread(raw: Sequence[float]) -> float:
+    q25, q50, q75 = np.quantile(raw, [0.25, 0.5, 0.75])
+    return float((q75 - q25) / q50) if q50 > 0 else math.inf
+
+
+def _block_size(step: Callable[[], Any], threads: int,
+                step_s: float | None) -> tuple[int, float]:
+    """(calls per block, expected block seconds). A step known to take >= 2 blocks' length is
+    one call per block, without a calibration call; else calibration blocks (which also warm
+    the step up) until one lasts at least half a block."""
+    if step_s is not None and step_s >= 2 * BLOCK_S:
+        return 1, step_s
+    number, per_call = (max(1, int(BLOCK_S / step_s)) if step_s else 1), math.inf
+    for _ in range(4):
+        elapsed = _time_block(step, number, threads)
+        # the least per-call time seen: overheads and preemptions only ever add to it
+        per_call = min(per_call, max(elapsed / number, 1e-9))
+        if elapsed >= BLOCK_S / 2:
+            break
+        number = max(number + 1, math.ceil(BLOCK_S / per_call))
+    number = max(1, math.ceil(BLOCK_S / per_call))
+    return number, number * per_call
 
 
 def _time_block(step: Callable[[], Any], number: int, threads: int) -> float:
-    """One more block timed as `Timer` times its blocks: its clock (which synchronises the
-    accelerator) around `number` calls, garbage collection off, `threads` threads."""
+    """One block timed as `torch.utils.benchmark.Timer` times its blocks: its clock (which
+    synchronises the accelerator) around `number` calls, garbage collection off, `threads`
+    threads."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -33,10 +33,12 @@ PROBE_TIMEOUT_S = 600.0
 ENV_KEYS = ("hostname", "cpu_model", "torch", "python")
 GRID_OPTIONS = ("suite", "variants", "seq_lens", "batch_sizes", "modes", "dtype", "device",
                 "threads", "compile")
-TIMING_METHOD = ("torch.utils.benchmark.Timer.adaptive_autorange (IQR/median < 10% or the time "
-                 "budget), topped up to 6 blocks while the budget allows; samples are per-step "
-                 "means of a block; median, IQR, 95% CI of the median by order statistics "
-                 "(binomial; latency_ci_level is its exact coverage, below 0.95 under 6 samples)")
+TIMING_METHOD = ("blocks of calls >= 20 ms each (torch.utils.benchmark's synchronising clock, gc "
+                 "off), added until IQR/median < 10% over >= 6 blocks or the time budget is "
+                 "spent; samples are per-step means of a block; median, IQR, 95% CI of the "
+                 "median by order statistics (binomial; latency_ci_level is its exact coverage, "
+                 "below 0.95 under 6 samples); CPU: freed memory kept in the heap while timing "
+                 "(run.json env.allocator)")
 
 
 @dataclass
@@ -294,7 +296,7 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
 
         def record(cfg: dict[str, Any], result: dict[str, Any], predicted: float | None):
             nonlocal new_rows
-            row = make_row(cfg, result, threads=plan.threads,
+            row = make_row(cfg, result, threads=result.get("threads") or plan.threads,
                            predicted_mem_mib=None if predicted is None
                            else round(predicted / MIB, 2))
             if row["status"] == "ok" and peak and row.get("gflops_per_s") is not None:

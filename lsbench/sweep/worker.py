@@ -118,7 +118,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from lsbench.errors import LsbenchError
     from lsbench.measure.decode import decode_step, finish_row
     from lsbench.measure.env import cpu_model
-    from lsbench.measure.memory import track_peak
+    from lsbench.measure.memory import track_peak, trim_heap
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision, set_precision
     from lsbench.measure.steal import RowWatch
     from lsbench.measure.timing import MIN_SAMPLES, time_step, time_step_checked
@@ -175,6 +175,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
             f"the forward's output is not finite in {c['dtype']} on {device.type} (overflow "
             f"in this precision); no time or memory is reported for it — use a wider dtype")}
     model.zero_grad(set_to_none=True)
+    trim_heap()  # freed memory kept for timing goes back first: the RSS peak is the step's
     with RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
     timer = time_step_checked if device.type == "cpu" else time_step
@@ -196,6 +197,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
         "contended": t.contended if t.contention else None,
         "contention": t.contention.describe(t) if t.contention else None,
         "retimed": t.retimed,
+        **({"threads": t.threads} if t.threads else {}),  # 1 after a one-thread re-time
         "peak_mem_mib": mem.peak_mib,
         "peak_rss_mib": rss.delta_mib if device.type == "cpu" else None,
         "tokens_per_s": B * N / t.median_s,
@@ -235,7 +237,12 @@ def _checked_forward(model, x, amp_dtype, probe_cls) -> tuple[str, bool]:
 
 def _timing_note(t, min_samples: int) -> str:
     notes = []
-    if t.contended:
+    if t.one_thread_retime:  # lsbench.measure.timing.time_step_checked
+        notes.append(f"contended: every timing with several threads was taken while another "
+                     f"process took the CPU, so it was re-timed with 1 thread and the faster "
+                     f"kept (threads={t.threads}; {t.contention.describe(t)}): treat the time "
+                     "as an upper bound")
+    elif t.contended:
         notes.append(f"contended: another process took the CPU while this row was timed "
                      f"({t.contention.describe(t)}; timed {t.retimed + 1}x, least contended "
                      "kept): treat the time as an upper bound")
@@ -277,7 +284,10 @@ def probe(unit: dict[str, Any]) -> dict[str, Any]:
     else:
         vm = psutil.virtual_memory()
         free, total = vm.available, vm.total
-    out.update(env=fingerprint(), free_mem_bytes=free, total_mem_bytes=total,
+    from lsbench.measure.memory import allocator_setting
+
+    out.update(env={**fingerprint(), "allocator": allocator_setting()},
+               free_mem_bytes=free, total_mem_bytes=total,
                cpu_load=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     if device.type == "cuda":
         out["memory_method"] = "torch.cuda.max_memory_allocated minus the step's baseline"
@@ -336,6 +346,9 @@ def _failure(e: BaseException) -> dict[str, Any]:
 def _free_memory(unit: dict[str, Any]) -> None:
     """After every config (the worker is reused): nothing of it may weigh on the next one."""
     gc.collect()
+    from lsbench.measure.memory import trim_heap
+
+    trim_heap()  # the heap kept for timing goes back to the machine
     if _is_cuda(unit):
         import torch
 
@@ -361,6 +374,7 @@ def _serve(conn, threads: int) -> None:
 
         load_plugins()
         torch.set_num_threads(threads)
+        lsbench.measure.memory.retain_freed_memory()  # CPU timings without page-fault cost
     except Exception as e:  # noqa: BLE001
         conn.send({"ready": False, "error": f"{type(e).__name__}: {e}"})
         return
