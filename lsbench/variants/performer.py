@@ -102,16 +102,17 @@ def causal_favor_attention(qf: torch.Tensor, expo: torch.Tensor, key_max: torch.
                            ) -> torch.Tensor:
     """Output i = non-causal FAVOR+ over keys 0..i (key shift: their running max), in chunks.
 
-    qf: φ(q) (B, H, N, R); expo: key exponents W k' − |k'|²/2 (B, H, N, R); key_max: per-key
-    max of W k' (B, H, N); v: (B, H, N, Dh); keep: real keys (B, 1, N) or None.
+    qf: φ(q) (B, H, N, R); expo: key exponents W k' − |k'|²/2 (B, H, N, R), overwritten;
+    key_max: per-key max of W k' (B, H, N); v: (B, H, N, Dh); keep: real keys (B, 1, N) or None.
     """
     B, H, N, R = qf.shape
     Dh = v.shape[-1]
     low = torch.finfo(qf.dtype).min  # "no real key": finite, so low − low = 0, never nan
-    kexp = torch.exp(expo - key_max[..., None])  # (B, H, N, R): each key at its own max, <= 1
+    # (B, H, N, R): each key at its own max, <= 1; in place (expo is consumed): one N·R buffer
+    kexp = expo.sub_(key_max[..., None]).exp_()
     m = key_max
     if keep is not None:
-        kexp = kexp * keep[..., None]
+        kexp = kexp * keep[..., None]  # not in place: exp's backward needs its output
         v = v * keep[..., None]
         m = m.masked_fill(~keep, low)
     count = (torch.arange(1, N + 1, device=qf.device, dtype=qf.dtype).view(1, 1, N)
