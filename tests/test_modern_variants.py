@@ -84,6 +84,17 @@ def test_performer_causal_is_noncausal_over_each_prefix():
         torch.testing.assert_close(y[:, -1], full(x)[:, -1], atol=1e-10, rtol=1e-9)
 
 
+def test_performer_causal_gradient_is_the_noncausal_one_at_the_last_token():
+    """The last causal output is the non-causal one as a function of x, so are its gradients
+    (float64; the in-place feature computation must not disturb autograd)."""
+    causal, full = performer_pair()
+    x = randn(2, 70, 64, dtype=torch.float64).requires_grad_()
+    g = randn(2, 64, seed=3, dtype=torch.float64)
+    (gc,) = torch.autograd.grad((causal(x)[:, -1] * g).sum(), x)
+    (gf,) = torch.autograd.grad((full(x)[:, -1] * g).sum(), x)
+    torch.testing.assert_close(gc, gf, atol=1e-12, rtol=1e-9)
+
+
 @pytest.mark.parametrize("scale", [30.0, 1e3])
 def test_performer_causal_is_exact_at_any_input_scale(scale):
     """Scaling token j's input never changes outputs 0..j-1 (relative 1e-6; float64), every
