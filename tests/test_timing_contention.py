@@ -182,8 +182,11 @@ def test_short_steps_are_timed_in_blocks_of_at_least_20_ms():
     t = timing.time_step(lambda: time.sleep(0.002), budget_s=0.2, threads=1, step_s=0.002)
     assert 2 <= t.iters_per_sample <= 10
     assert min(t.samples_s) * t.iters_per_sample >= timing.BLOCK_S / 2
-    slow = timing.time_step(lambda: None, budget_s=0.1, threads=1, step_s=0.5)
+    slow = timing.time_step(lambda: time.sleep(0.05), budget_s=0.1, threads=1, step_s=0.05)
     assert slow.iters_per_sample == 1  # a step of 2+ blocks is one call per block
+    # a warm-up that overstated the step (first-call costs) does not make 1-call blocks
+    fast = timing.time_step(lambda: time.sleep(0.002), budget_s=0.1, threads=1, step_s=0.5)
+    assert fast.iters_per_sample > 1
 
 
 def test_freed_memory_setting_is_recorded_and_the_heap_can_be_trimmed():
