@@ -111,3 +111,21 @@ def test_a_compiled_decode_step_is_timed_after_its_compile(tmp_path):
     (row,) = map(json.loads, (out / "results.jsonl").read_text().splitlines())
     assert row["status"] == "ok", row
     assert row["compile"] == "default" and row["compile_s"] > 0 and row["latency_ms"] > 0
+
+
+def test_the_report_shows_decode_state_and_the_per_depth_table(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "run", "--suite", "smoke", "--variants", "sdpa,linear,linformer", "--mode",
+        "decode,inference", "--seq-lens", "24,48", "--batch-sizes", "1,2", "--out", str(out),
+        "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    from lsbench.report import build_report
+
+    page = next(f for f in build_report([str(out)], "html", None).files if f.suffix == ".html")
+    html = page.read_text()
+    assert "Decode at depth" in html and "state MiB / seq" in html
+    assert (out / "plots" / "decode-state.svg").is_file()
+    assert (out / "plots" / "decode-batch.svg").is_file()
+    # linformer's default k (256) is capped at these N: the report says so
+    assert "linformer at N = 24: k capped at N=24" in html

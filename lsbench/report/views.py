@@ -20,7 +20,7 @@ import pandas as pd
 from lsbench.extrapolate.analysis import CONTROL, control_warnings
 from lsbench.measure.canary import canary_series
 from lsbench.measure.canary import describe as canary_describe
-from lsbench.report import plots, tables
+from lsbench.report import decode, plots, tables
 from lsbench.report.load import NOISE_LIMIT, Run
 from lsbench.report.tables import STATUS_MARK, fmt_num
 
@@ -171,6 +171,8 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         sec.tables += _latency_tables(sub, prefix, group, sec.exports, suffix)
     canary = plots.canary_plot(run, plot_dir) if plot_dir else None  # issue 21
     sec.plots += [canary] if canary else []
+    _decode_views(sec, rows, anchor, plot_dir)  # issue 18
+    _variant_notes(sec, rows)
     sec.failures = frame_view(
         tables.failed_rows(rows), f"{anchor}-failed", "Failed configurations",
         {"variant": ("variant", _text), "mode": ("mode", _text),
@@ -202,6 +204,51 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         "Their latency is likely too high; rerun on a quiet machine."
     ) if contended is not None and not contended.empty else None
     return sec
+
+
+def _decode_views(sec: Section, rows: pd.DataFrame, anchor: str, plot_dir: Path | None) -> None:
+    """Decode rows: state vs depth, tokens/s vs batch at one depth, and the per-depth table
+    (decode latency vs depth and its crossover depth are the Fig-2 panels and crossover table
+    of the decode mode)."""
+    table = decode.depth_table(rows)
+    if table.empty:
+        return
+    if plot_dir:
+        fig = decode.state_figure(rows)
+        if fig is not None:
+            sec.plots.append(plots.render(
+                fig, "decode-state", "Decoding state per sequence vs depth",
+                "Bytes one sequence's context keeps, measured from the state's tensors (lines) "
+                "and by each variant's formula (dotted): a KV cache grows with the depth, a "
+                "window ring or a recurrent state does not.", plot_dir))
+        batch = decode.batch_figure(rows)
+        if batch is not None:
+            fig, depth = batch
+            sec.plots.append(plots.render(
+                fig, "decode-batch", f"Decode throughput vs batch size at depth {depth:,}",
+                "Generated tokens per second (batch / per-token latency) at the deepest depth "
+                "measured at several batch sizes.", plot_dir))
+    sec.tables.append(frame_view(
+        table, f"{anchor}-decode", "Decode at depth",
+        {"seq_len": ("depth", _int), "batch_size": ("batch", _int), "variant": ("variant", _text),
+         "latency_ms": ("ms / token", _num), "tokens_per_s": ("tokens / s", _num),
+         "state_mib": ("state MiB / seq", _num), "state_mib_formula": ("formula MiB", _num),
+         "max_batch_in_budget": ("sequences that fit", _int)},
+        "One generated token at depth N (the state already holds N - 1 tokens). State bytes "
+        "are per sequence, all layers; 'sequences that fit' is the run's memory budget over "
+        "them."))
+    sec.exports["decode"] = table
+
+
+def _variant_notes(sec: Section, rows: pd.DataFrame) -> None:
+    """A banner per variant whose rows ran something other than what was configured."""
+    if rows.empty or "variant_note" not in rows:
+        return
+    noted = rows[(rows["status"] == "ok") & (rows["variant_note"] != "")]
+    for variant, sub in noted.groupby("variant"):
+        for note, at in sub.groupby("variant_note"):
+            lens = ", ".join(f"{n:,}" for n in sorted(at["seq_len"].unique()))
+            sec.banners.append(("info", f"{variant} at N = {lens}: {note}."))
 
 
 _PLOT_NAMES = {"latency_ms": "latency", "peak_mem_mib": "memory",
