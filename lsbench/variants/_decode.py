@@ -84,14 +84,15 @@ class Decoder:
     computed for the earlier tokens in its own layer (tests/test_decode.py checks one layer's).
     """
 
-    decode_unsupported = ("it has no causal incremental form (its mixing of a token depends on "
-                          "tokens after it)")
+    decode_unsupported = ""  # why a causal variant has no prefill/step here ("" = generic)
 
     def decode_check(self) -> None:
         """Raise DecodeUnsupported with the reason when this module cannot decode."""
         if not getattr(self, "causal", False):
             raise DecodeUnsupported(f"variant {self.name!r}: decoding needs causal=True.")
-        raise DecodeUnsupported(f"variant {self.name!r} cannot decode: {self.decode_unsupported}.")
+        why = self.decode_unsupported or (
+            "no incremental form (prefill/step, lsbench.variants._decode) is implemented for it")
+        raise DecodeUnsupported(f"variant {self.name!r} cannot decode: {why}.")
 
     def prefill(self, x: torch.Tensor, capacity: int | None = None):
         """Causal forward over x (B, N, D) -> (y, state holding N tokens); `capacity`

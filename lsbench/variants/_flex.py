@@ -141,6 +141,10 @@ class FlexWindowBase(QKVAttention):
     """Sliding window of one-sided `window` through flex_attention; subclasses set the reach."""
 
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    # One query against a cache is what `sdpa`/`local` decode measure; a FlexAttention step
+    # would have to build a block mask per token, so no flex decode is claimed.
+    decode_unsupported = ("FlexAttention's block masks are built for whole sequences; one "
+                          "token against a cache is sdpa's (full) or local's (window) decode")
 
     def __init__(self, d_model: int, n_heads: int, causal: bool = False, **params: Any):
         super().__init__(d_model, n_heads, causal, **params)
