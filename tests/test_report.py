@@ -441,3 +441,45 @@ def test_contended_and_few_sample_rows_are_marked_never_called_steady(tmp_path):
     html = (tmp_path / "r" / "report.html").read_text()
     assert "9.00‡" in html and "20.0?" in html and "4.00<" in html
     assert "Contended measurements" in html and "450 involuntary" in html
+
+
+def _busy(row, **extra):
+    return {**row, "contended": True, "retimed": 2, **extra,
+            "contention": "other processes busy on 1.4 of 2 cores"}
+
+
+def test_headlines_leave_contended_rows_out_or_say_they_used_them():
+    rows = [latency_row("transformer", 4096, 50.0), latency_row("linear", 4096, 20.0),
+            _busy(latency_row("fastformer", 4096, 5.0))]
+    lines = tables.headlines(normalise_rows(pd.DataFrame(rows)))
+    assert "the fastest is linear" in lines[0] and "left out: fastformer" in lines[0]
+    all_busy = [_busy(latency_row(v, 4096, t)) for v, t in (("transformer", 50.0),
+                                                              ("linear", 20.0))]
+    line = tables.headlines(normalise_rows(pd.DataFrame(all_busy)))[0]
+    assert "the fastest is linear" in line and "from contended timings only" in line
+
+
+def test_crossover_notes_contended_rows_it_used():
+    rows = [latency_row("transformer", n, 0.01 * n * n / 1024) for n in (512, 1024, 2048)]
+    rows += [latency_row("linear", n, 10.0 * n / 1024) for n in (512, 2048)]
+    rows.append(_busy(latency_row("linear", 1024, 10.0)))
+    cross = tables.crossovers(normalise_rows(pd.DataFrame(rows)), baselines=("transformer",))
+    assert "uses contended rows ‡ (N=1,024)" in cross.set_index("variant").at["linear", "note"]
+
+
+def test_unsteady_points_are_hollow_with_a_legend_entry():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lsbench.report.plots import metric_figure
+
+    rows = [latency_row("linear", n, 10.0 * n / 1024) for n in (512, 1024, 2048)]
+    rows[1] = _busy(rows[1])
+    rows[2] = {**rows[2], "noisy": True}
+    fig = metric_figure(normalise_rows(pd.DataFrame(rows)), "latency_ms", "latency")
+    hollow = [ln for ln in fig.axes[0].lines if ln.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [1024, 2048]
+    assert any("contended" in t.get_text() for t in fig.legends[0].get_texts())
+    steady = metric_figure(normalise_rows(pd.DataFrame(
+        [latency_row("linear", n, 1.0) for n in (512, 1024)])), "latency_ms", "latency")
+    assert not any("contended" in t.get_text() for t in steady.legends[0].get_texts())

@@ -141,6 +141,10 @@ def metric_figure(rows: pd.DataFrame, metric: str, title: str) -> plt.Figure | N
     handles += [Line2D([], [], color="0.3", marker=FAIL_MARKERS[s], linestyle="none",
                        markersize=8, label=_FAIL_LABELS[s]) for s in FAIL_MARKERS
                 if s in seen_fails]
+    if UNSTEADY in seen_fails:
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white",
+                              linestyle="none", markersize=6,
+                              label="hollow: contended ‡ or noisy †"))
     if band and handles:
         handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.25, label="IQR"))
     fig.suptitle(label(title), fontsize=11, y=1 - 0.15 / fig.get_figheight())
@@ -184,6 +188,11 @@ def _draw_variant(ax, v: pd.DataFrame, variant: str, metric: str,
             ax.fill_between(ok["seq_len"], lo, ok[metric] + half, color=color, alpha=0.2,
                             linewidth=0)
     fails: set[str] = set()
+    unsteady = ok[_unsteady(ok)] if metric in TIMED_METRICS else ok.iloc[:0]
+    if not unsteady.empty:  # hollow: the time is an upper bound (‡) or spread widely (†)
+        ax.plot(unsteady["seq_len"], unsteady[metric], color=color, marker=marker,
+                markersize=6, markerfacecolor="white", markeredgewidth=1.3, linestyle="none")
+        fails.add(UNSTEADY)
     marks = []
     if not stops.empty:
         first = stops.sort_values("seq_len").iloc[0]
@@ -201,6 +210,19 @@ def _draw_variant(ax, v: pd.DataFrame, variant: str, metric: str,
                     linestyle="none", transform=trans, clip_on=False)
         fails.add(status)
     return not ok.empty, fails
+
+
+TIMED_METRICS = ("latency_ms", "tokens_per_s", "pct_of_peak")  # memory is measured apart
+UNSTEADY = "unsteady"
+
+
+def _unsteady(df: pd.DataFrame) -> pd.Series:
+    """Rows timed while another process took the CPU, or whose samples spread > 10%."""
+    flag = pd.Series(False, index=df.index)
+    for col in ("contended", "noisy"):
+        if col in df:
+            flag |= df[col].fillna(False).astype(bool)
+    return flag
 
 
 def _variant_handle(name: str) -> Line2D:

@@ -181,6 +181,10 @@ def crossovers(rows: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
                 v_lens = set(v.index)
                 if base_stop is not None and any(n >= base_stop[0] for n in v_lens):
                     note = f"{base} {base_stop[1]} from {base_stop[0]:,}"
+                busy = _contended_lens(ok, (variant, base)) & set(common)
+                if busy:  # an upper-bound time on either side can move the crossing
+                    lens = ", ".join(f"{n:,}" for n in sorted(busy))
+                    note = "; ".join(filter(None, [note, f"uses contended rows ‡ (N={lens})"]))
                 records.append({
                     "mode": mode, "batch_size": batch, "variant": variant, "vs": base,
                     "crossover_len": c.length, "kind": c.kind, "crossover": c.describe(),
@@ -188,6 +192,13 @@ def crossovers(rows: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
                 })
     return pd.DataFrame(records, columns=["mode", "batch_size", "variant", "vs",
                                           "crossover_len", "kind", "crossover", "note"])
+
+
+def _contended_lens(ok: pd.DataFrame, variants: tuple[str, ...]) -> set[int]:
+    if "contended" not in ok:
+        return set()
+    flagged = ok["contended"].fillna(False).astype(bool) & ok["variant"].isin(variants)
+    return {int(n) for n in ok[flagged]["seq_len"]}
 
 
 def _first_stop(rows: pd.DataFrame) -> tuple[int, str] | None:
@@ -271,7 +282,10 @@ def _ratio(a, b) -> float:
 # --- headlines ----------------------------------------------------------------------------
 
 def headlines(rows: pd.DataFrame) -> list[str]:
-    """A few plain sentences: who is fastest at the longest length each variant reached."""
+    """A few plain sentences: who is fastest at the longest length each variant reached.
+
+    Contended rows (‡: another process took the CPU, the time is an upper bound) are left out
+    and named; where every row at that length is contended, the sentence says it used them."""
     out = []
     for mode, batch, sub in groups(rows):
         ok = sub[sub["status"] == "ok"]
@@ -279,6 +293,11 @@ def headlines(rows: pd.DataFrame) -> list[str]:
             continue
         n = int(ok["seq_len"].max())
         at_n = ok[ok["seq_len"] == n].sort_values("latency_ms")
+        contended = at_n["contended"].fillna(False).astype(bool) if "contended" in at_n \
+            else pd.Series(False, index=at_n.index)
+        used_contended = bool(contended.all())
+        left_out = [] if used_contended else sorted(at_n[contended]["variant"])
+        at_n = at_n if used_contended else at_n[~contended]
         best = at_n.iloc[0]
         line = (f"{mode}, batch {batch}: at N={n:,} the fastest is {best['variant']} "
                 f"({fmt_num(best['latency_ms'])} ms)")
@@ -286,6 +305,11 @@ def headlines(rows: pd.DataFrame) -> list[str]:
             second = at_n.iloc[1]
             line += (f", {fmt_num(second['latency_ms'] / best['latency_ms'])}× ahead of "
                      f"{second['variant']}")
+        if used_contended:
+            line += (" — from contended timings only (‡: every row at this length was timed "
+                     "while another process took the CPU; treat them as upper bounds)")
+        elif left_out:
+            line += f" (contended rows ‡ left out: {', '.join(left_out)})"
         failed = sorted(set(sub[sub["status"].isin(STOP_STATUSES)]["variant"]))
         if failed:
             line += f"; stopped early (OOM / skipped / timeout): {', '.join(failed)}"
