@@ -9,6 +9,8 @@ Checks, each printed PASS/FAIL (exit 1 on any FAIL, 2 without a GPU):
      and their gradient; an fp32 softmax would need ~2x), sdpa's memory linear in N.
   3. A `fastformer-fig2-bf16` slice at N = 128 and 65535: no error rows; ok at N = 128.
   4. flex_window / flex_causal rows (inference and training): ok.
+  4b. decode at depth (decode-gpu: sdpa, transformer, local, linear, performer, mamba2 at
+     depths 1K and 32K, B = 1 and 64): rows ok, KV bytes 2·N·D·2, other states flat.
   5. The same sdpa step (App. E shape, N = 4096) timed here with CUDA events: lsbench's
      latency / event time within 0.9-1.1; its peak memory read here from the allocator's
      counters (`memory_stats`, outside lsbench's code) within 5% of lsbench's.
@@ -147,6 +149,31 @@ def check_flex(tmp: Path) -> None:
           bool(rows) and not bad and modes == {"inference", "training"}, "; ".join(bad))
 
 
+def check_decode(tmp: Path) -> None:
+    """Decode at depth on CUDA (issue 18): every decoding variant ok at 1K and 32K, B = 1 and
+    64; KV-cache state bytes exactly 2·N·D·2 (bf16); recurrent states flat in depth."""
+    rows = lsbench_run(["--suite", str(quick_suite("decode-gpu", tmp)), "--mode", "decode",
+                        "--variants", "sdpa,transformer,local,linear,performer,mamba2",
+                        "--seq-lens", "1024,32768", "--batch-sizes", "1,64"],
+                       tmp / "decode", 240)
+    bad = bad_rows(rows)
+    check("decode-gpu slice: every row ok / oom / skipped", bool(rows) and not bad,
+          "; ".join(bad))
+    ok = [r for r in rows if r["status"] == "ok"]
+    kv = [r for r in ok if r["variant"] in ("sdpa", "transformer")]
+    check("decode: KV cache bytes = 2·N·D·2 per sequence (bf16)", bool(kv) and all(
+        r["state_bytes"] == 2 * r["seq_len"] * r["d_model"] * 2 * r["n_layers"] for r in kv))
+    flat = {}
+    for r in ok:
+        flat.setdefault((r["variant"], r["batch_size"]), set()).add(r["state_bytes"])
+    grows = [k for k, v in flat.items() if k[0] not in ("sdpa", "transformer") and len(v) > 1]
+    check("decode: window/recurrent state bytes flat in depth", bool(flat) and not grows,
+          str(grows))
+    for r in sorted(ok, key=lambda r: (r["batch_size"], r["seq_len"], r["variant"])):
+        print(f"  {r['variant']:12} B={r['batch_size']:>3} depth={r['seq_len']:>6} "
+              f"{r['latency_ms']:>8.3f} ms/token {r['state_bytes'] / 2**20:>9.3f} MiB/seq")
+
+
 def check_independent(sdpa_rows: dict[int, dict]) -> None:
     """The App. E sdpa step at N=4096, built and timed here (CUDA events; allocator counters)."""
     import torch
@@ -204,6 +231,7 @@ def main() -> int:
         sdpa_rows = check_appendix_e(tmp)
         check_fig2_bf16(tmp)
         check_flex(tmp)
+        check_decode(tmp)
         check_independent(sdpa_rows)
     failed = [name for name, ok, _ in RESULTS if not ok]
     print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed in "
