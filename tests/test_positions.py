@@ -87,6 +87,18 @@ def test_t5_bias_is_per_bucket_and_head():
     assert torch.equal(bias[:, 4, i], pe.emb.weight[0])
 
 
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20), (2, 3), (64, 1000)])
+def test_t5_bias_at_every_distance_is_its_bucket_row(num_buckets, max_distance):
+    """Up to 20000 back (far past max_distance), against the formula written in this file."""
+    pe = positions.build("t5", n_heads=3, head_dim=4, num_buckets=num_buckets,
+                         max_distance=max_distance)
+    torch.nn.init.normal_(pe.emb.weight)
+    d = torch.arange(20001)
+    bias = pe(d[-1:], d)[:, 0].flip(-1)  # (H, 20001): distance 0 .. 20000
+    buckets = [t5_bucket_formula(n, num_buckets, max_distance) for n in range(20001)]
+    assert torch.equal(bias, pe.emb.weight[buckets].T)
+
+
 def test_rotary_score_depends_only_on_offset():
     pe = positions.build("rotary", n_heads=2, head_dim=16)
     g = torch.Generator().manual_seed(0)

@@ -134,6 +134,13 @@ class _ExtrapolateView:
         console.print(f"writing {out}", highlight=False)
         self.progress.start()
 
+    def on_estimate(self, train_s, eval_s, total_s, warmup_s, how) -> None:
+        per = ", ".join(f"{n} {train_s[n] + eval_s[n]:.0f}" for n in train_s)
+        console.print(
+            f"expected duration ~{total_s / 60:.1f} min: training {sum(train_s.values()):.0f} s, "
+            f"evaluation {sum(eval_s.values()):.0f} s (per method, s: {per}); from a "
+            f"{warmup_s:.0f} s warm-up at the current load", highlight=False)
+
     def on_train_start(self, position, start_step, total_steps, params) -> None:
         if start_step >= total_steps:
             self.progress.console.print(

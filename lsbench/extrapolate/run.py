@@ -347,11 +347,15 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
     result = ExtrapolationResult(out=out, run=run)
     events("start", out=str(out), args=args, corpus=data.info(), preset=p.as_dict(),
            warnings=run["warnings"])
+    run["estimate"] = _estimate(names, scalings, train_stream, p, train_len, steps, seed, lens,
+                                n_targets, stride, span, ckpt_dir, data.files_sha256, dev,
+                                eval_only)
+    _write_json(out / "run.json", run)
+    events("estimate", **run["estimate"])
 
     curve: list[dict] = []
     for name in (n for n in names if n not in RESCORED):  # those rescore a trained checkpoint
-        cfg = CausalLMConfig(position=name, vocab_size=VOCAB_SIZE, d_model=p.d_model,
-                             n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len)
+        cfg = _model_config(name, p, train_len)
         meta = checkpoint_meta(cfg, p, train_len, steps, seed, data.files_sha256)
         torch.manual_seed(seed)  # same initial weights for every method where shapes agree
         model = CausalLM(cfg)
@@ -396,6 +400,43 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
     _write_json(out / "run.json", run)
     events("finish", out=str(out))
     return result
+
+
+def _model_config(name: str, p: Preset, train_len: int) -> CausalLMConfig:
+    return CausalLMConfig(position=name, vocab_size=VOCAB_SIZE, d_model=p.d_model,
+                          n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len)
+
+
+def _estimate(names: list[str], scalings: list[str], train_stream: torch.Tensor, p: Preset,
+              train_len: int, steps: int, seed: int, lens: list[int], n_targets: int,
+              stride: int, span: int, ckpt_dir: Path, corpus_sha: str, dev: torch.device,
+              eval_only: bool) -> dict:
+    """Predicted seconds per method (training left + scoring), from a warm-up of a few steps and
+    two forwards on throwaway models (see `lsbench.extrapolate.estimate`)."""
+    from lsbench.extrapolate.estimate import eval_time_s, train_time_s
+
+    t0 = time.perf_counter()
+    tokens = {n: n_targets + (span // stride * n if stride else 0) for n in lens}
+    train_s, eval_s = {}, {}
+    for name in (n for n in names if n not in RESCORED):
+        cfg = _model_config(name, p, train_len)
+        ckpt = ckpt_dir / f"{name}.pt"
+        done = 0 if not ckpt.exists() else load_checkpoint(
+            ckpt, checkpoint_meta(cfg, p, train_len, steps, seed, corpus_sha))["state"]["step"]
+        with torch.random.fork_rng(devices=[]):  # the real models are seeded; no RNG drawn
+            model = CausalLM(cfg)
+        scored = 1 + (len(scalings) if name == "rotary" else 0) + sum(
+            base == name and label in names for label, (base, _) in RESCORED.items())
+        eval_s[name] = round(scored * eval_time_s(model, lens, tokens, dev, p), 1)
+        train_s[name] = round(train_time_s(model, train_stream, p, train_len, seed, dev,
+                                           0 if eval_only else steps - done), 1)
+        del model
+    total = sum(train_s.values()) + sum(eval_s.values())
+    return {"train_s": train_s, "eval_s": eval_s, "total_s": round(total, 1),
+            "warmup_s": round(time.perf_counter() - t0, 1),
+            "how": "median of 3 training steps per method × the steps left, plus one forward "
+                   "at the shortest and longest eval lengths interpolated over the tokens each "
+                   "length scores; measured at the start, under the load of that moment"}
 
 
 def _train_or_load(model: CausalLM, name: str, stream: torch.Tensor, p: Preset, train_len: int,
