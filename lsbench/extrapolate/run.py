@@ -427,12 +427,12 @@ def _estimate(names: list[str], scalings: list[str], train_stream: torch.Tensor,
             model = CausalLM(cfg)
         scored = 1 + (len(scalings) if name == "rotary" else 0) + sum(
             base == name and label in names for label, (base, _) in RESCORED.items())
-        eval_s[name] = round(scored * eval_time_s(model, lens, tokens, dev, p), 1)
+        eval_s[name] = round(scored * eval_time_s(model, lens, tokens, dev, p), 3)
         train_s[name] = round(train_time_s(model, train_stream, p, train_len, seed, dev,
-                                           0 if eval_only else steps - done), 1)
+                                           0 if eval_only else steps - done), 3)
         del model
     total = sum(train_s.values()) + sum(eval_s.values())
-    return {"train_s": train_s, "eval_s": eval_s, "total_s": round(total, 1),
+    return {"train_s": train_s, "eval_s": eval_s, "total_s": round(total, 3),
             "warmup_s": round(time.perf_counter() - t0, 1),
             "how": "median of 3 training steps per method × the steps left, plus one forward "
                    "at the shortest and longest eval lengths interpolated over the tokens each "
