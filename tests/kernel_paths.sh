@@ -17,7 +17,7 @@ set -u
 cd "$(dirname "$0")/.."
 TESTS=(tests/test_variants_contract.py tests/test_modern_variants.py
        tests/test_linear_family.py tests/test_bigbird.py tests/test_windowed_variants.py
-       tests/test_positions.py tests/test_new_positions.py)
+       tests/test_positions.py tests/test_new_positions.py tests/test_decode.py)
 SELECT="not long_sequence and not memory and not huggingface and not shape_and_finite"
 SELECT="$SELECT and not 300 and not never_builds"
 # The two settings run side by side, one thread each (the tests' tensors are too small to
@@ -25,7 +25,7 @@ SELECT="$SELECT and not 300 and not never_builds"
 logs=$(mktemp -d)
 pids=()
 for setting in ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2; do
-    env "$setting" OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider -k "$SELECT" \
+    env "$setting" OMP_NUM_THREADS=1 python3 -m pytest -q -p no:cacheprovider -k "$SELECT" \
         "${TESTS[@]}" "$@" > "$logs/$setting.log" 2>&1 &
     pids+=($!)
 done
