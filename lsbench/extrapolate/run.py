@@ -379,9 +379,7 @@ def _run(train_len: int, names: list[str], corpus: str, out: str | Path | None, 
         for label, method in rescored:
             # the same trained weights, scored with another position method (no retraining):
             # scaled rotary angles, or xPos with blockwise causal attention
-            other = CausalLM(CausalLMConfig(
-                position=method, vocab_size=VOCAB_SIZE, d_model=p.d_model,
-                n_heads=p.n_heads, n_layers=p.n_layers, train_len=train_len))
+            other = CausalLM(_model_config(method, p, train_len))
             other.load_state_dict(model.state_dict())
             result.rows += _evaluate_all(other.to(dev), label, stream, lens, stride, span,
                                          train_len, p, dev, events)
