@@ -10,7 +10,7 @@ import importlib
 from lsbench.cli._app import app
 
 # Importing a command module registers its command; this order is the order of `lsbench --help`.
-for _name in ("run", "extrapolate", "report", "compare", "listing"):
+for _name in ("run", "extrapolate", "quality", "report", "compare", "listing"):
     importlib.import_module(f"lsbench.cli.{_name}")
 
 __all__ = ["app"]

@@ -68,9 +68,8 @@ def why_undefined(name: str) -> str:
     if not issubclass(cls, QKVAttention):
         return (f"{name} has no qkv/out projections to copy from a softmax layer (another "
                 f"parametrisation: {cls.method or cls.__name__})")
-    if "cuda" not in getattr(cls, "devices", ("cpu", "cuda")) or getattr(
-            cls, "devices", ("cpu", "cuda")) == ("cuda",):
-        return f"{name} runs on CUDA only"
+    if "cpu" not in getattr(cls, "devices", ("cpu", "cuda")):
+        return f"{name} runs on CUDA only (fidelity is computed on the CPU in float64)"
     return ""
 
 

@@ -219,4 +219,5 @@ def _done_keys(path: Path) -> set[tuple]:
         return set()
     with path.open(newline="", encoding="utf-8") as f:
         return {(r["variant"], r["task_form"], int(r["seq_len"]), int(r["kv_pairs"]),
-                 int(r["seed"])) for r in csv.DictReader(f) if r.get("status") == "ok"}
+                 int(r["seed"])) for r in csv.DictReader(f)
+                if r.get("status") in ("ok", "unsupported")}
