@@ -22,16 +22,17 @@ from lsbench.models import CausalLM
 
 @torch.inference_mode()
 def forward_time_s(model: CausalLM, n: int, device: torch.device, amp) -> float:
-    """Seconds for one forward of one window of n tokens (after one untimed)."""
+    """Median seconds of 3 forwards of one window of n tokens (after one untimed): one sample
+    is easily doubled by another process taking a core for a moment."""
     model.to(device).eval()
     idx = torch.randint(0, 256, (1, n), device=device)
     times = []
-    for _ in range(2):
+    for _ in range(4):
         t0 = time.perf_counter()
         with amp:
             model(idx).float().sum().item()  # .item(): synchronises on CUDA
         times.append(time.perf_counter() - t0)
-    return times[-1]
+    return sorted(times[1:])[1]
 
 
 def eval_time_s(model: CausalLM, lens: list[int], tokens: dict[int, int],

@@ -179,7 +179,7 @@ def backward(model: CausalLM, opt, batch: torch.Tensor, preset: Preset, amp) -> 
 
 
 def step_time_s(model: CausalLM, stream: torch.Tensor, preset: Preset, train_len: int,
-                seed: int, device: torch.device, steps: int = 3) -> float:
+                seed: int, device: torch.device, steps: int = 5) -> float:
     """Median seconds of `steps` training steps (after one untimed) on `model`, which is
     changed: pass a throwaway copy. Used to predict a run's duration before it starts."""
     model.to(device).train()
