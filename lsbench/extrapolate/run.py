@@ -432,7 +432,7 @@ def _estimate(names: list[str], scalings: list[str], train_stream: torch.Tensor,
     total = sum(train_s.values()) + sum(eval_s.values())
     return {"train_s": train_s, "eval_s": eval_s, "total_s": round(total, 3),
             "warmup_s": round(time.perf_counter() - t0, 1),
-            "how": "median of 5 training steps per method × the steps left, plus one forward "
+            "how": "median of 5 training steps per method × the steps left, plus 3 forwards "
                    "at the shortest and longest eval lengths interpolated over the tokens each "
                    "length scores; measured at the start, under the load of that moment"}
 
