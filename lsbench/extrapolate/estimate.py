@@ -3,7 +3,7 @@
 Per trained method: the median of a few training steps on a throwaway copy of the model times
 the steps still to run (a resumed checkpoint counts only what is left). Per scored model
 (trained, or rescored like rotary+pi and xpos+bca): forwards of one window at the shortest
-and at the longest eval length gives the cost per token at both ends; the cost per token of a
+and at the longest eval length give the cost per token at both ends; the cost per token of a
 window of N tokens is interpolated linearly in N between them (attention costs O(N) per token,
 the rest O(1)), times the tokens each length scores (nonoverlapping: the whole stream; sliding:
 its windows of N tokens). Other processes on the CPU make the real run slower; the run records
