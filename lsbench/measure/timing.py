@@ -286,7 +286,7 @@ def time_step(step: Callable[[], Any], budget_s: float, threads: int,
     raw: list[float] = []
     while True:
         block = _time_block(step, number, threads)
-        if number == 1 and not raw and block < BLOCK_S / 2:  # the warm-up overstated the step
+        if number == 1 and not raw and block < BLOCK_S:  # the warm-up overstated the step
             number, block_s = _block_size(step, threads, block)
             max_run_time = min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
             continue

@@ -118,7 +118,7 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     from lsbench.errors import LsbenchError
     from lsbench.measure.decode import decode_step, finish_row
     from lsbench.measure.env import cpu_model
-    from lsbench.measure.memory import track_peak, trim_heap
+    from lsbench.measure.memory import fresh_heap, track_peak
     from lsbench.measure.sdpa import SdpaProbe, matmul_precision, set_precision
     from lsbench.measure.steal import RowWatch
     from lsbench.measure.timing import MIN_SAMPLES, time_step, time_step_checked
@@ -175,8 +175,8 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
             f"the forward's output is not finite in {c['dtype']} on {device.type} (overflow "
             f"in this precision); no time or memory is reported for it — use a wider dtype")}
     model.zero_grad(set_to_none=True)
-    trim_heap()  # freed memory kept for timing goes back first: the RSS peak is the step's
-    with RssPeak() as rss, track_peak(device) as mem:
+    # the heap kept for timing goes back, large blocks mmapped: the RSS peak is the step's
+    with fresh_heap(), RssPeak() as rss, track_peak(device) as mem:
         step()  # the memory pass, on its own
     timer = time_step_checked if device.type == "cpu" else time_step
     with RowWatch(device) as watch:  # hypervisor steal; GPU clocks (measure/steal.py)
