@@ -43,12 +43,13 @@ nonoverlapping on the same 32k-token eval stream):
   per-tensor AdamW loop (~7%) and rotary cos/sin recomputed for every layer and for q and k.
   Fixed: T5 reads a per-distance table (index_add backward), rotary tables once per forward,
   fused AdamW. Step tokens/s, old vs new alternating step by step in one process (1 thread,
-  the machine at load 6-8 from other work, so only the ratios mean anything): t5 1.30×; alibi
-  1.14×; rotary 1.07×; sinusoidal and none within the noise (~1.03×). The token budget, model,
+  the machine at load 6-8 from other work, so only the ratios mean anything; two runs): t5
+  1.30× (1.24× before the lookup table), rotary 1.04-1.07×, alibi 0.98-1.14×, sinusoidal and
+  none ~1.03× (2-thread runs at that load were unusable: 80-1200 tokens/s). The token budget, model,
   data order and protocol are unchanged and 40 steps of t5 and rotary give the same losses to
   1e-6 (float rounding), so the ratios above are expected to hold; no full default run was
   repeated after the change (it takes the better part of an hour at that load). From the
-  issue's rates: training ~1460 s -> ~1290 s; with evaluation, ~26 min under that load, ~15 min
+  issue's rates: training ~1460 s -> ~1320 s; with evaluation, ~26 min under that load, ~15 min
   at the load of the 974 s run. The run now prints its expected duration from a warm-up
   (run.json `estimate`). The next step that would reach 20 min under such load is structural:
   train two methods at once in two 1-thread processes (small GEMMs scale poorly to 2 threads,
