@@ -115,7 +115,7 @@ def run_quality(variants: list[str] | None = None, preset: str | None = None,
                 summarize(path)
                 events("row", row=row)
     fid_rows = _fidelity(path, p, names, dev, events) if fidelity else []
-    info.update(finished=datetime.now().isoformat(timespec="seconds"),
+    info.update(finished_at=datetime.now().isoformat(timespec="seconds"),
                 wall_s=round(info.get("wall_s", 0) + time.perf_counter() - t_start, 1))
     _write_json(path / "run.json", info)
     return {"out": path, "summary": summarize(path), "fidelity": fid_rows}
@@ -186,12 +186,14 @@ def _start_info(path: Path, command: str, args: dict, p: QualityPreset) -> dict[
             raise LsbenchError(f"{path} was started with other preset settings; use a new "
                                "--out directory.")
         info.setdefault("resumed", []).append(datetime.now().isoformat(timespec="seconds"))
+        info.pop("finished_at", None)
         info["args"] = args
     else:
         from lsbench.measure.env import fingerprint
 
-        info = {"kind": "quality", "command": command, "lsbench": lsbench.__version__,
-                "started": datetime.now().isoformat(timespec="seconds"), "args": args,
+        info = {"kind": "quality", "command": command, "lsbench_version": lsbench.__version__,
+                "started_at": datetime.now().isoformat(timespec="seconds"), "args": args,
+                "device": args["device"],
                 "preset": p.as_dict(), "env": fingerprint()}
     _write_json(run_json, info)
     return info

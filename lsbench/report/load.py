@@ -46,7 +46,8 @@ EXTRAPOLATION_COLUMNS = ["position", "train_len", "eval_len", "eval_mode", "stri
 TRAINING_COLUMNS = ["position", "train_len", "params", "tokens_trained", "train_time_s",
                     "tokens_per_s", "peak_mem_mib", "final_train_loss"]
 
-RUN_FILES = ("run.json", "results.jsonl", "results.csv", "extrapolation.csv", "training.csv")
+RUN_FILES = ("run.json", "results.jsonl", "results.csv", "extrapolation.csv", "training.csv",
+             "quality.csv")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     failed_evals: pd.DataFrame = field(default_factory=pd.DataFrame)  # status != ok
     curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # training_curve.csv
+    quality_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # `lsbench quality`
+    fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)  # (lsbench.quality.run)
 
     @property
     def name(self) -> str:
@@ -88,7 +91,7 @@ class Run:
     @property
     def is_empty(self) -> bool:
         return (self.rows.empty and self.extrapolation.empty and self.training.empty
-                and self.failed_evals.empty)
+                and self.failed_evals.empty and self.quality_summary.empty)
 
 
 def load_run(path: str | Path) -> Run:
@@ -127,12 +130,25 @@ def load_run(path: str | Path) -> Run:
     warnings: list[str] = []
     meta = _read_meta(p, given, warnings)
     kind = meta.get("kind")
-    if kind not in ("run", "extrapolate"):
+    if kind not in ("run", "extrapolate", "quality"):
         kind = "extrapolate" if (p / "extrapolation.csv").is_file() or (
             p / "training.csv").is_file() else "run"
+        kind = "quality" if (p / "quality.csv").is_file() else kind
         if meta:
             warnings.append(f"run.json has no known 'kind'; read it as a {kind!r} run.")
 
+    if kind == "quality":
+        from lsbench.quality.summary import summary_frame
+
+        quality = _read_csv(p / "quality.csv", ["variant", "task_form", "seq_len", "kv_pairs",
+                                                 "status"], warnings, required=["variant"])
+        fidelity = _read_csv(p / "fidelity.csv", ["variant", "seq_len", "status"], warnings,
+                             required=["variant"])
+        run = Run(p, given, kind, meta, normalise_rows(pd.DataFrame()), pd.DataFrame(),
+                  pd.DataFrame(), warnings)
+        run.quality_summary = summary_frame(quality) if not quality.empty else quality
+        run.fidelity = fidelity
+        return run
     rows = _read_latency(p, warnings) if kind == "run" else normalise_rows(pd.DataFrame())
     extrap = _read_csv(p / "extrapolation.csv", EXTRAPOLATION_COLUMNS, warnings,
                        required=["position", "eval_len"])

@@ -594,6 +594,10 @@ def sections(runs: list[Run], with_plots: bool = True) -> list[Section]:
         plot_dir = run.path / "plots" if with_plots else None
         if run.kind == "extrapolate":
             out.append(extrapolation_section(run, anchor, plot_dir))
+        elif run.kind == "quality":
+            from lsbench.report.quality import quality_section  # it imports this module
+
+            out.append(quality_section(run, anchor, plot_dir, runs))
         else:
             out.append(latency_section(run, anchor, plot_dir))
     return out
