@@ -160,3 +160,17 @@ def test_cli_unknown_variant_is_one_red_line(tmp_path):
     res = CliRunner().invoke(app, ["quality", "--preset", "tiny", "--variants", "sdpaa",
                                    "--out", str(tmp_path / "q")])
     assert res.exit_code == 1 and "sdpa" in res.output
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_same_rows(tmp_path):
+    from lsbench.quality import run_quality
+
+    kw = dict(variants=["sdpa", "linear"], preset="tiny", steps=2, device="cpu",
+              fidelity=False)
+    one = run_quality(out=tmp_path / "one", workers=1, **kw)["summary"]
+    two = run_quality(out=tmp_path / "two", workers=2, **kw)["summary"]
+    key = ["variant", "task_form"]
+    pd.testing.assert_frame_equal(
+        one.sort_values(key).reset_index(drop=True)[key + ["accuracy_mean"]],
+        two.sort_values(key).reset_index(drop=True)[key + ["accuracy_mean"]])

@@ -45,6 +45,9 @@ def quality_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(
         "--threads", help="torch CPU threads (0: the preset's, else torch's default).")] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Training processes on a CPU \\[default: the preset's; cpu: 2, one "
+        "thread each].", show_default=False)] = None,
     fidelity: Annotated[bool, typer.Option(
         "--fidelity/--no-fidelity", help="Measure fidelity to exact softmax attention.")] = True,
 ) -> None:
@@ -58,7 +61,7 @@ def quality_cmd(
     view = _View()
     try:
         result = run_quality(variants=names, preset=preset, out=out, seeds=seeds, steps=steps,
-                             device=device, threads=threads, fidelity=fidelity,
+                             device=device, threads=threads, fidelity=fidelity, workers=workers,
                              command=command, events=view)
     except KeyboardInterrupt:
         resume = command if out else f"{command} --out {view.out}"

@@ -48,7 +48,8 @@ class QualityPreset:
     # variants also trained on the masked form as a reference for the encoder-only rows
     masked_reference: tuple[str, ...] = ("sdpa",)
     fidelity_lens: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
-    threads: int = 0  # CPU threads (0: torch's default)
+    threads: int = 0  # CPU threads per process (0: torch's default)
+    workers: int = 1  # training processes on a CPU (each with `threads` threads)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # fixed variant params
 
     def as_dict(self) -> dict[str, Any]:
