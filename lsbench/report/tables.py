@@ -329,8 +329,9 @@ def row_marks(r: Any) -> str:
 
 def contended_rows(rows: pd.DataFrame) -> pd.DataFrame:
     df = rows[rows["contended"] & (rows["status"] == "ok")]
-    cols = ["variant", "mode", "batch_size", "seq_len", "latency_ms", "retimed", "contention"]
-    return df[cols].reset_index(drop=True)
+    cols = ["variant", "mode", "batch_size", "seq_len", "latency_ms", "retimed", "threads",
+            "contention"]
+    return df.reindex(columns=cols).reset_index(drop=True)
 
 
 def noisy_rows(rows: pd.DataFrame) -> pd.DataFrame:

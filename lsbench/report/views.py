@@ -198,10 +198,12 @@ def latency_section(run: Run, anchor: str, plot_dir: Path | None) -> Section:
         {"variant": ("variant", _text), "mode": ("mode", _text),
          "batch_size": ("batch", _int), "seq_len": ("N", _int),
          "latency_ms": ("median ms", _num), "retimed": ("re-timed", _int),
-         "contention": ("what the OS saw", _text)},
-        "Rows timed while another process took the CPU (marked ‡ in the tables): each was "
-        "timed again after a pause, up to twice, and the least contended timing is kept. "
-        "Their latency is likely too high; rerun on a quiet machine."
+         "threads": ("threads", _int), "contention": ("what the OS saw", _text)},
+        "Rows timed while another process took the CPU (marked ‡ in the tables, hollow in the "
+        "plots, left out of the summary sentences): each was timed again after a pause, up to "
+        "twice, and the least contended timing is kept; when every attempt with several "
+        "threads was contended, the row was timed once more with one thread and the faster "
+        "kept (threads = 1). Their latency is likely too high; rerun on a quiet machine."
     ) if contended is not None and not contended.empty else None
     return sec
 
