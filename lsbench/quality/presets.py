@@ -80,9 +80,10 @@ PRESETS = {
     "cpu": QualityPreset(
         name="cpu", description="the Fastformer set + performer, nystromformer, local, mamba2; "
         "sized for <= 20 min on 2 cores",
-        settings=((64, 4),), vocab_size=64, d_model=64, n_heads=4, n_layers=2, steps=600,
-        batch_size=64, lr=3e-3, seeds=(0, 1, 2), eval_examples=512, variants=CPU_VARIANTS,
-        fidelity_lens=(256, 512, 1024, 2048, 4096, 8192), threads=0),
+        settings=((64, 8),), vocab_size=64, d_model=64, n_heads=4, n_layers=2, steps=700,
+        batch_size=32, lr=3e-3, seeds=(0, 1, 2), eval_examples=512, variants=CPU_VARIANTS,
+        fidelity_lens=(256, 512, 1024, 2048, 4096, 8192), threads=1, workers=2,
+        overrides={"performer": {"nb_features": 64}}),
     "gpu": QualityPreset(
         name="gpu", description="closer to Zoology: vocabulary 8192, N 64-512, 4-64 pairs",
         settings=((64, 4), (128, 8), (256, 16), (512, 64)), vocab_size=8192, d_model=128,

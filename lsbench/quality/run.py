@@ -44,7 +44,8 @@ from lsbench.quality.train import train_one
 
 QUALITY_COLUMNS = ["variant", "task_form", "causal", "seq_len", "kv_pairs", "vocab_size", "seed",
                    "steps", "batch_size", "lr", "d_model", "n_heads", "n_layers", "status",
-                   "reason", "accuracy", "final_loss", "train_s", "params", "variant_params"]
+                   "reason", "accuracy", "final_loss", "train_s", "cpu_s", "params",
+                   "variant_params"]
 FIDELITY_COLUMNS = ["variant", "seq_len", "layer", "status", "reason", "causal", "rel_err",
                     "cosine", "params", "note"]
 KEY = ("variant", "task_form", "seq_len", "kv_pairs", "seed")

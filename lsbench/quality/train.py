@@ -73,7 +73,7 @@ def train_one(cfg: RecallConfig, task: MQAR, form: str, seed: int, steps: int,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     sched = Schedule(lr=lr)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses: list[float] = []
     for step in range(steps):
         for group in opt.param_groups:
@@ -91,9 +91,9 @@ def train_one(cfg: RecallConfig, task: MQAR, form: str, seed: int, steps: int,
         losses.append(value)
         if on_step:
             on_step(step + 1, steps, value)
-    train_s = time.perf_counter() - t0
+    train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     acc = accuracy(model, task, form, eval_examples, seed, batch_size, device)
     tail = losses[-20:]
     return model, {"accuracy": round(acc, 5), "final_loss": round(sum(tail) / len(tail), 5),
-                   "train_s": round(train_s, 2),
+                   "train_s": round(train_s, 2), "cpu_s": round(cpu_s, 2),
                    "params": sum(p.numel() for p in model.parameters())}
