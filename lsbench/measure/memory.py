@@ -256,11 +256,30 @@ def fresh_heap() -> Iterator[None]:
     if retaining:
         _thresholds(libc, _GLIBC_DEFAULT_THRESHOLD)
     trim_heap()
+    base = psutil.Process().memory_info().rss
     try:
         yield
     finally:
         if retaining:
             _thresholds(libc, _INT_MAX)
+            peak = _read_hwm()  # since the memory pass's clear_refs reset (RssPeak)
+            if peak is not None:
+                _prefault(libc, peak - base)
+
+
+def _prefault(libc: ctypes.CDLL, nbytes: int) -> None:
+    """Grow the heap by `nbytes` of touched pages and free them into it: the next timed step
+    reuses resident pages instead of faulting in the heap the memory pass gave back (a slow
+    step's first block is a sample, there is no calibration block to absorb it)."""
+    nbytes = min(nbytes, _INT_MAX - 2**20, psutil.virtual_memory().available // 4)
+    if nbytes < 2**20:
+        return
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    ptr = libc.malloc(ctypes.c_size_t(nbytes))
+    if ptr:
+        ctypes.memset(ptr, 0, nbytes)
+        libc.free(ptr)
 
 
 def allocator_setting() -> str:
