@@ -143,7 +143,13 @@ def run_config(unit: dict[str, Any]) -> dict[str, Any]:
     except LsbenchError as e:
         if not decoding:
             raise
-        return {"status": "unsupported", "reason": str(e)}  # e.g. no causal/incremental form
+        from lsbench import variants
+
+        reason = str(e)  # e.g. no incremental form
+        cls = variants.REGISTRY.get(c["variant"])
+        if cls is not None and not cls.supports_causal:
+            reason = f"{c['variant']} has no causal form (a token's output uses later tokens)"
+        return {"status": "unsupported", "reason": reason}
     # inference in the run dtype; half-precision training as mixed precision (fp32 weights)
     amp_dtype = dtype if c["mode"] == "training" and dtype != torch.float32 else None
     weight_dtype = torch.float32 if amp_dtype is not None else dtype
