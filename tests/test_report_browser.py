@@ -80,3 +80,19 @@ def test_screenshot_is_not_blank(page, tmp_path):
     assert saturated.mean() > 0.002, "no coloured plot lines visible"
     # Content spans the page, not just a header: ink in the top and the bottom halves.
     assert ink[:1100].mean() > 0.005 and ink[1100:].mean() > 0.005
+
+
+def test_quality_page_has_pareto_and_fidelity_plots(tmp_path):
+    from test_quality_report import write_quality_run
+
+    rows = model_rows(["transformer", "sdpa", "linear", "fastformer"], [256, 512, 1024],
+                      modes=("inference",), mem_limit_mib=400)
+    lat = write_latency_run(tmp_path / "lat", rows)
+    q = write_quality_run(tmp_path / "q")
+    build_report([lat, q], "html", tmp_path / "report.html")
+    dom = run_chromium(["--dump-dom", (tmp_path / "report.html").as_uri()],
+                       tmp_path / "profile").stdout
+    assert 'aria-label="Accuracy vs latency and memory"' in dom
+    assert 'aria-label="Fidelity to exact softmax attention"' in dom
+    assert 'id="run2-quality"' in dom and 'id="run2-fidelity"' in dom
+    assert 'data-sortable="' in dom  # the inline script ran
