@@ -23,10 +23,11 @@ from lsbench.extrapolate.analysis import MIN_TRUSTED_TOKENS
 KNOWN_VARIANTS = ["transformer", "sdpa", "longformer", "bigbird", "linformer", "linear",
                   "poolingformer", "fastformer"]
 KNOWN_POSITIONS = ["sinusoidal", "learned", "rotary", "rotary+pi", "rotary+ntk", "rotary+yarn",
-                   "rope_pi", "rope_ntk", "rope_yarn", "xpos", "t5", "t5_bias", "alibi",
+                   "rope_pi", "rope_ntk", "rope_yarn", "xpos", "xpos+bca", "xpos_bca", "t5",
+                   "t5_bias", "alibi",
                    "kerple", "kerple_log", "kerple_power", "fire", "none"]
 SETTING_COLUMNS = ["device", "dtype", "d_model", "n_heads", "n_layers"]
-MODES = ["inference", "training"]
+MODES = ["inference", "training", "prefill", "decode"]
 BASELINES = ("transformer", "sdpa")
 STOP_STATUSES = ("oom", "skipped", "timeout")  # the line of a variant ends at the first of these
 STATUS_MARK = {"oom": "OOM", "skipped": "skip", "timeout": "timeout", "error": "error",
