@@ -77,6 +77,7 @@ def test_report_of_a_latency_run_and_a_quality_run_has_the_pareto_plot(tmp_path)
     assert 'aria-label="Fidelity to exact softmax attention"' in html
     assert "Pareto frontier" in html and "MQAR query accuracy" in html
     assert "runs on cuda only" in html and "no qkv/out projections" in html
+    assert "below (gap 0.580 &gt; both CIs)" in html  # linear vs sdpa, both lm
     sec = res.sections[1]
     assert sec.kind == "quality" and "best transformer" in sec.headlines[0]
     pts = sec.exports["quality_pareto"]

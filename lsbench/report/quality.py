@@ -180,6 +180,24 @@ def quality_section(run: Run, anchor: str, plot_dir: Path | None, runs: list[Run
     return sec
 
 
+def versus_softmax(summary: pd.DataFrame, r: pd.Series, ref: str = "sdpa") -> str:
+    """How row r compares with `ref` on the same form and setting: 'below' / 'above' when
+    the 95% intervals do not overlap, 'within CI' when they do, '' without a reference."""
+    same = summary[(summary["variant"] == ref) & (summary["task_form"] == r["task_form"])
+                   & (summary["seq_len"] == r["seq_len"]) & (summary["kv_pairs"] == r["kv_pairs"])
+                   & (summary["status"] == "ok")]
+    if r["variant"] == ref or same.empty or r["status"] != "ok":
+        return ""
+    s = same.iloc[0]
+    if pd.isna(r["accuracy_ci_high"]) or pd.isna(s["accuracy_ci_low"]):
+        return "no CI"
+    if r["accuracy_ci_high"] < s["accuracy_ci_low"]:
+        return f"below (gap {s['accuracy_mean'] - r['accuracy_mean']:.3f} > both CIs)"
+    if r["accuracy_ci_low"] > s["accuracy_ci_high"]:
+        return "above (CIs apart)"
+    return "within CI"
+
+
 def _summary_view(summary: pd.DataFrame, tid: str) -> TableView:
     rows = []
     for _, r in summary.iterrows():
@@ -192,12 +210,15 @@ def _summary_view(summary: pd.DataFrame, tid: str) -> TableView:
             Cell(_acc_text(r) if ok else f"{r['status']}: {r['reason']}",
                  "num" if ok else f"st-{r['status']}",
                  float(r["accuracy_mean"]) if ok else None),
+            Cell(versus_softmax(summary, r)),
         ])
-    view = TableView(tid, "MQAR query accuracy", ["variant", "form", "N", "pairs", "seeds",
-                                                  "accuracy (mean ± 95% CI)"], rows,
+    cols = ["variant", "form", "N", "pairs", "seeds", "accuracy (mean ± 95% CI)",
+            "vs sdpa (same form)"]
+    view = TableView(tid, "MQAR query accuracy", cols, rows,
                      "Query accuracy on held-out examples; the interval is Student's t over "
                      "seeds. form lm: causal, the value predicted at the query; masked: "
-                     "encoder-only, predicted at a mask token after the query.")
+                     "encoder-only, predicted at a mask token after the query. 'below' when the "
+                     "variant's 95% interval lies wholly under sdpa's on the same form.")
     view.group = "Recall"
     return view
 
