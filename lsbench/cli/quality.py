@@ -114,4 +114,26 @@ def _print_summary(result) -> None:
         table.add_row(r.variant, r.task_form, str(r.seq_len), str(r.kv_pairs), str(r.seeds),
                       f"{r.accuracy_mean:.3f} ± {half:.3f}", f"{r.train_s_mean:.0f}")
     console.print(table)
+    _print_fidelity(result["fidelity"])
     console.print(f"written to {result['out']}", highlight=False)
+
+
+def _print_fidelity(rows: list[dict]) -> None:
+    """Relative error to exact softmax (mean over layers) per variant and N."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return
+    lens = sorted({r["seq_len"] for r in ok})
+    err: dict[str, dict[int, list[float]]] = {}
+    for r in ok:
+        err.setdefault(r["variant"], {}).setdefault(r["seq_len"], []).append(r["rel_err"])
+    table = Table(title="Fidelity: relative error to exact softmax attention (float64)")
+    table.add_column("variant")
+    for n in lens:
+        table.add_column(f"{n:,}", justify="right")
+    for v, by_n in err.items():
+        table.add_row(v, *(f"{sum(by_n[n]) / len(by_n[n]):.3g}" if n in by_n else "—"
+                           for n in lens))
+    for r in {r["variant"]: r for r in rows if r.get("status") != "ok"}.values():
+        table.add_row(r["variant"], f"undefined: {r['reason']}", *[""] * (len(lens) - 1))
+    console.print(table)

@@ -160,7 +160,10 @@ def quality_section(run: Run, anchor: str, plot_dir: Path | None, runs: list[Run
                 f"{latency[0].name} ({pts['mode'].iloc[0]}, batch "
                 f"{int(pts['batch_size'].iloc[0])})."
                 " Up and left is better; the dashed line is the frontier (no variant is both "
-                "cheaper and more accurate than a point on it). Error bars: 95% CI over seeds.",
+                "cheaper and more accurate than a point on it). Error bars: 95% CI over seeds. "
+                "Accuracy is the quality run's (its N, pairs and variant budgets, in "
+                "quality.csv's variant_params), the same at every N; the cost is the latency "
+                "run's at that N with its own variant parameters.",
                 plot_dir))
             sec.exports["quality_pareto"] = pts
     fig = fidelity_figure(fid) if plot_dir is not None and not fid.empty else None
