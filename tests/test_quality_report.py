@@ -91,3 +91,10 @@ def test_quality_run_alone_still_reports(tmp_path):
     res = build_report([q], "html", tmp_path / "r.html")
     names = [p.name for p in res.sections[0].plots]
     assert names == ["quality_fidelity"]  # no latency run: no Pareto plot, no error
+    assert not any("softmax control" in text for _, text in res.sections[0].banners)
+
+
+def test_a_softmax_control_that_did_not_learn_is_a_banner(tmp_path):
+    q = write_quality_run(tmp_path / "q", {"sdpa": 0.2, "linear": 0.1})
+    sec = build_report([q], "html", tmp_path / "r.html").sections[0]
+    assert any("softmax control (sdpa) reached only 0.200" in t for _, t in sec.banners)

@@ -149,6 +149,7 @@ def quality_section(run: Run, anchor: str, plot_dir: Path | None, runs: list[Run
             f"MQAR at N = {int(best['seq_len'])}, {int(best['kv_pairs'])} pairs: best "
             f"{best['variant']} {_acc_text(best)}, worst {worst['variant']} {_acc_text(worst)} "
             f"(mean ± 95% CI over seeds).")
+    _control_banners(sec, summary)
     latency = [r for r in runs if r.kind == "run" and not r.rows.empty]
     if plot_dir is not None and latency and not acc.empty:
         pts = pareto_points(latency[0].rows, acc)
@@ -199,6 +200,24 @@ def versus_softmax(summary: pd.DataFrame, r: pd.Series, ref: str = "sdpa") -> st
     if r["accuracy_ci_low"] > s["accuracy_ci_high"]:
         return "above (CIs apart)"
     return "within CI"
+
+
+CONTROL_MIN_ACCURACY = 0.9  # softmax below this has not learned the task in the budget
+
+
+def _control_banners(sec: Section, summary: pd.DataFrame) -> None:
+    """Warn where the softmax control (sdpa) did not learn a form: rows of that form then say
+    the budget was too small, not that a mixer cannot recall."""
+    if summary.empty:
+        return
+    ctrl = summary[(summary["variant"] == "sdpa") & (summary["status"] == "ok")]
+    for _, r in ctrl.iterrows():
+        if r["accuracy_mean"] < CONTROL_MIN_ACCURACY:
+            sec.banners.append((
+                "warn", f"The softmax control (sdpa) reached only {r['accuracy_mean']:.3f} on "
+                f"the {r['task_form']} form at N = {int(r['seq_len'])}, {int(r['kv_pairs'])} "
+                f"pairs: this budget is too small for that form, so its rows do not separate "
+                f"the mixers (train longer, e.g. the gpu preset)."))
 
 
 def _summary_view(summary: pd.DataFrame, tid: str) -> TableView:
