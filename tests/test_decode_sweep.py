@@ -129,3 +129,13 @@ def test_the_report_shows_decode_state_and_the_per_depth_table(tmp_path):
     assert (out / "plots" / "decode-batch.svg").is_file()
     # linformer's default k (256) is capped at these N: the report says so
     assert "linformer at N = 24: k capped at N=24" in html
+
+
+def test_a_variant_that_cannot_decode_is_unsupported_never_skipped_by_the_prediction():
+    """Its row must say why it cannot decode, not that it would not fit."""
+    s = suite.load_suite("decode")
+    big = [c for c in grid.build_grid(s, "cpu") if c["seq_len"] == 131072 and c["batch_size"] == 8]
+    by_name = {c["variant"]: grid.predict_mem_bytes(c) for c in big}
+    for name in ("bigbird", "linformer", "nystromformer", "fastformer", "poolingformer"):
+        assert by_name[name] == 0.0
+    assert by_name["sdpa"] >= 2 * 131072 * 256 * 4 * 8  # the KV cache of 8 sequences

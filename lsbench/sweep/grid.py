@@ -13,6 +13,7 @@ from typing import Any
 
 from lsbench import variants
 from lsbench.sweep.suite import DECODE_MODES, Suite
+from lsbench.variants._decode import Decoder
 
 ID_KEYS = ("variant", "params", "mode", "dtype", "device", "batch_size", "seq_len", "d_model",
            "n_heads", "n_layers", "ffn_dim", "causal")
@@ -123,6 +124,8 @@ def predict_mem_bytes(config: dict[str, Any]) -> float:
     c = config
     cls = variants.get(c["variant"])
     size = DTYPE_BYTES[c["dtype"]]
+    if c["mode"] in DECODE_MODES and (not cls.supports_causal or cls.prefill is Decoder.prefill):
+        return 0.0  # nothing runs: the worker answers `unsupported`, with the reason
     if c["mode"] == "decode":  # the state, and the untimed prefill that builds it
         elems = cls.decode_mem_elems(c["batch_size"], c["seq_len"], c["d_model"], c["n_heads"],
                                      {**cls.defaults, **c["params"]}) * c["n_layers"]
