@@ -87,7 +87,7 @@ def pareto_figure(points: pd.DataFrame) -> plt.Figure | None:
             for _, r in pts.iterrows():
                 color, marker = plots.style(r["variant"])
                 err = [[r["accuracy"] - r["accuracy_ci_low"]],
-                       [r["accuracy_ci_high"] - r["accuracy"]]]
+                       [min(1.0, r["accuracy_ci_high"]) - r["accuracy"]]]  # t can pass 1
                 ax.errorbar([r[cost]], [r["accuracy"]], yerr=err if pd.notna(err[0][0]) else
                             None, color=color, marker=marker, markersize=6, capsize=2,
                             linestyle="none")
