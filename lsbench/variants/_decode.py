@@ -207,14 +207,7 @@ class WindowCacheDecoder(KVCacheDecoder):
     reordering. Memory stays w + 1 tokens at any depth.
     """
 
-    def prefill(self, x: torch.Tensor, capacity: int | None = None):
-        self.decode_check()
-        with CaptureQKV(self.qkv) as cap:
-            y = self(x)
-        _, k, v = (heads(t, self.n_heads) for t in cap.out.chunk(3, dim=-1))  # (B, H, N, Dh)
-        state = self.empty_state(x.shape[0], 0, x)
-        self._write(state, k, v)
-        return y, replace(state, pos=x.shape[1])
+    # prefill is KVCacheDecoder's: the ring ignores `capacity`, and `_write` keeps the last w+1
 
     def empty_state(self, batch, capacity, like):
         W = int(self.params["window"]) + 1
