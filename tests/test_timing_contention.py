@@ -195,3 +195,34 @@ def test_freed_memory_setting_is_recorded_and_the_heap_can_be_trimmed():
     before = memory.allocator_setting()
     assert before  # e.g. "glibc 2.36 malloc defaults"
     memory.trim_heap()  # never fails, whatever the allocator
+
+
+def _scripted_blocks(monkeypatch, blocks):
+    """time_step with `_time_block` returning `blocks` (seconds per 1-call block) in order."""
+    it = iter(blocks)
+    monkeypatch.setattr(timing, "_block_size", lambda step, threads, step_s: (1, 0.02))
+    monkeypatch.setattr(timing, "_time_block", lambda step, number, threads: next(it))
+
+
+def test_a_disturbed_start_is_dropped_and_the_steady_window_kept(monkeypatch):
+    # a VM's speed wanders for a few tenths of a second: slow blocks, then a steady stretch (a
+    # window of 6 with one outlier is steady already: the IQR ignores it)
+    _scripted_blocks(monkeypatch, [0.04, 0.03, 0.035, 0.020, 0.021, 0.020, 0.0205, 0.0202, 1.0])
+    t = timing.time_step(lambda: None, budget_s=0.2, threads=1)
+    assert t.unsteady_blocks == 2 and t.repeats == timing.CI_SAMPLES and not t.noisy
+    assert 0.020 <= t.median_s <= 0.021 and 0.04 not in t.samples_s
+
+
+def test_a_row_that_never_steadies_keeps_every_block_and_is_noisy(monkeypatch):
+    blocks = [0.02, 0.04] * 50
+    _scripted_blocks(monkeypatch, blocks)
+    t = timing.time_step(lambda: None, budget_s=0.2, threads=1)
+    assert t.unsteady_blocks == 0 and t.noisy
+    # a short step looks for a steady window for UNSTEADY_STRETCH budgets, no longer
+    assert 0.2 < sum(t.samples_s) <= timing.UNSTEADY_STRETCH * 0.2 + max(blocks)
+
+
+def test_a_steady_row_stops_at_the_first_window(monkeypatch):
+    _scripted_blocks(monkeypatch, [0.02] * 6 + [RuntimeError] * 10)
+    t = timing.time_step(lambda: None, budget_s=0.2, threads=1)
+    assert t.repeats == timing.CI_SAMPLES and t.unsteady_blocks == 0 and t.median_s == 0.02

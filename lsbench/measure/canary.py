@@ -9,15 +9,25 @@ process at the start of a sweep, about every CANARY_INTERVAL_S seconds of it, an
 
     reading = measure(unit)              # in the worker: {"ms", "iqr_ms", "mad_ms", ...}
     log = CanaryLog(previous_readings)   # in the parent
-    log.add(reading)                     # ratio to the first reading, drift or not
+    log.add(reading)                     # ratio to the reference, drift or not
 
-Drift rule: a reading has drifted when its median differs from the first reading's median by
-more than DRIFT_LIMIT (10%: the same line `noisy` draws for a row, so a drift the rows could
-not show is not reported) *and* by more than DRIFT_MADS median absolute deviations of the first
-reading's samples (a canary whose own samples scatter widely, e.g. on a loaded machine, needs a
-larger move). With 7 samples, 3 MADs is about 4.5 standard errors of a median: a quiet machine
-never trips it by chance. Rows measured next to a drifted reading (the windows just before and
-just after it) carry `drift: true`.
+Reference: the median of START_READINGS readings taken back to back at the start. Drift rule: a
+reading has drifted when its median differs from the reference's by more than DRIFT_LIMIT (10%:
+the same line `noisy` draws for a row, so a drift the rows could not show is not reported) *and*
+by more than DRIFT_MADS median absolute deviations of the reference's samples (a canary whose
+own samples scatter widely, e.g. on a loaded machine, needs a larger move). With 6 samples, 3
+MADs is about 4 standard errors of a median. A reading is timed as a row is (blocks of >= 20
+ms, the first steady window of 6) after WARMUP_S of untimed work.
+
+Transient changes. A quiet 2-core cloud VM (nothing else in the guest, steal 0) was measured
+switching between two speeds: 45 readings over 60 s, most at 1.4-1.9 ms, 6 at 2.58-2.67 ms,
+each of those steady within itself (MAD ~1%) and gone by the next reading ~1 s later (the host
+sharing the vCPUs' physical cores for a moment). A reading that caught such a moment is not a
+drift of the 30 s around it: with a single start reading as the reference, one such reading at
+the start marked 261 of 276 rows of a quiet run as drift. So the reference is the median of
+three, and a drifted reading is confirmed by a second one taken at once: if that one is back
+within the limits, the first is `transient` (recorded, shown, no row marked). Rows measured next
+to a confirmed drift (the windows just before and just after it) carry `drift: true`.
 """
 
 from __future__ import annotations
@@ -28,10 +38,11 @@ import time
 from typing import Any
 
 CANARY_INTERVAL_S = 30.0  # sweep time between readings (checked between configs)
+START_READINGS = 3  # back to back at the start; their median is the reference
 DRIFT_LIMIT = 0.10
 DRIFT_MADS = 3.0
-SAMPLES = 7  # timed samples per reading
-MIN_SAMPLE_S = 0.01  # a sample repeats the workload until it lasts this long
+WARMUP_S = 0.2  # the workload runs this long, untimed, before a reading's samples
+BUDGET_S = 0.3  # timed seconds per reading, at most (a steady one stops at 6 blocks)
 
 # Fixed shapes per device type: ~0.1 GFLOP a call on a CPU (a few ms in float32 on 2 cores, a
 # reading ~100 ms; bfloat16 matmuls without AMX are ~10x slower, so the matmul stays small) and
@@ -60,6 +71,7 @@ def measure(unit: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.benchmark.utils.timer import timer as clock  # syncs CUDA
 
     from lsbench.measure.steal import StealWatch
+    from lsbench.measure.timing import time_step
 
     spec = spec_for(unit["device"], unit["dtype"], unit["threads"])
     device, dtype = torch.device(unit["device"]), getattr(torch, unit["dtype"])
@@ -75,16 +87,17 @@ def measure(unit: dict[str, Any]) -> dict[str, Any]:
         F.scaled_dot_product_attention(q, kk, v)
 
     with torch.no_grad(), set_torch_threads(unit["threads"]), StealWatch() as steal:
+        # Warm-up, long: kernel selection and the allocator, but mostly the machine itself. A
+        # reading taken after the CPU idled (the run's start, after a slow single-threaded
+        # row) ran 1.2-1.5x slower for its first tenths of a second than one taken straight
+        # after a busy config on a quiet 2-core VM (woken vCPUs and OpenMP threads): without
+        # this the start and end readings read as drift against every reading between them.
         t0 = clock()
-        step()  # warm-up (kernel selection, allocator)
-        number = max(1, math.ceil(MIN_SAMPLE_S / max(clock() - t0, 1e-9)))
-        samples = []
-        for _ in range(SAMPLES):
-            t0 = clock()
-            for _ in range(number):
-                step()
-            samples.append((clock() - t0) / number * 1e3)
-    return summarise(samples, spec, steal.share, number)
+        while clock() - t0 < WARMUP_S:
+            step()
+        # then timed like a row: blocks of >= 20 ms, the steady window of 6 (measure/timing.py)
+        t = time_step(step, BUDGET_S, unit["threads"])
+    return summarise([s * 1e3 for s in t.samples_s], spec, steal.share, t.iters_per_sample)
 
 
 def summarise(samples_ms: list[float], spec: dict[str, Any], steal: float | None = None,
@@ -101,16 +114,26 @@ def summarise(samples_ms: list[float], spec: dict[str, Any], steal: float | None
 # --- in the parent ------------------------------------------------------------------------
 
 def drifted(reading: dict[str, Any], ref: dict[str, Any]) -> bool:
-    """The drift rule of the module docstring, reading against the first reading `ref`."""
+    """The drift rule of the module docstring, reading against the reference `ref`."""
     if reading.get("ms") is None or not ref.get("ms"):
         return False
     diff = abs(reading["ms"] - ref["ms"])
     return diff > DRIFT_LIMIT * ref["ms"] and diff > DRIFT_MADS * (ref.get("mad_ms") or 0.0)
 
 
+def reference(readings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The reading the others are compared with: the (lower) median by ms of the run's start
+    readings (the leading readings labelled "start", at most START_READINGS), else the first
+    reading (runs recorded with a single start reading)."""
+    starts = [r for r in readings[:START_READINGS] if r.get("label") == "start"]
+    starts = starts or readings[:1]
+    return sorted(starts, key=lambda r: r["ms"])[(len(starts) - 1) // 2] if starts else None
+
+
 class CanaryLog:
-    """The readings of one run (earlier ones included when resumed); the first is the
-    reference. Rows are tagged with `window`, the index of the last reading before them."""
+    """The readings of one run (earlier ones included when resumed); the median start reading
+    is the reference. Rows are tagged with `window`, the index of the last reading before them.
+    """
 
     def __init__(self, readings: list[dict[str, Any]] | None = None):
         self.readings: list[dict[str, Any]] = list(readings or [])
@@ -121,20 +144,28 @@ class CanaryLog:
 
     @property
     def ref(self) -> dict[str, Any] | None:
-        return self.readings[0] if self.readings else None
+        return reference(self.readings)
 
     def add(self, reading: dict[str, Any], label: str, t_s: float) -> dict[str, Any]:
-        """Record a reading; returns it with index, t_s, ratio to the first, drift."""
+        """Record a reading; returns it with index, t_s, ratio to the reference, drift. A start
+        reading never drifts (the start readings make the reference; their ratios are
+        updated as each one comes in)."""
         r = {"index": len(self.readings), "label": label, "t_s": round(t_s, 2),
              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **reading}
-        ref = self.ref or r
-        if ref.get("spec") != r.get("spec"):  # e.g. resumed with other threads: not comparable
-            r["ratio"], r["drift"] = None, False
-        else:
-            r["ratio"] = round(r["ms"] / ref["ms"], 4) if ref.get("ms") else None
-            r["drift"] = drifted(r, ref)
         self.readings.append(r)
+        ref = self.ref
+        for x in (self.readings[:START_READINGS] if label == "start" else [r]):
+            if ref.get("spec") != x.get("spec"):  # e.g. resumed with other threads
+                x["ratio"], x["drift"] = None, False
+            else:
+                x["ratio"] = round(x["ms"] / ref["ms"], 4) if ref.get("ms") else None
+                x["drift"] = label != "start" and drifted(x, ref)
         return r
+
+    def unconfirmed(self, i: int) -> None:
+        """Reading `i` drifted but the one taken right after it did not: a transient moment,
+        recorded as such, that marks no row."""
+        self.readings[i]["drift"], self.readings[i]["transient"] = False, True
 
     def drift(self, i: int | None) -> bool:
         return i is not None and 0 <= i < len(self.readings) and bool(self.readings[i]["drift"])
@@ -148,7 +179,8 @@ class CanaryLog:
         parts = [_reading_text(self.readings[i]) for i in (window, (window or 0) + 1)
                  if window is not None and self.drift(i)]
         return ("drift: the canary (a fixed matmul + SDPA) ran at " + " and ".join(parts)
-                + " of its first reading next to this row: the machine was "
+                + " of its start readings next to this row (confirmed by a second reading): "
+                + "the machine was "
                 + ("slower" if any(self.readings[i]["ratio"] > 1 for i in (window, window + 1)
                                    if self.drift(i)) else "faster")
                 + " than when the run started") if parts else ""
@@ -156,17 +188,23 @@ class CanaryLog:
     def summary(self) -> dict[str, Any]:
         """For run.json: the rule, the spec and the series (t_s, ms, IQR, ratio, drift)."""
         drifts = [r["index"] for r in self.readings if r["drift"]]
+        transient = [r["index"] for r in self.readings if r.get("transient")]
         return {
             "workload": "torch.mm + scaled_dot_product_attention of fixed shapes (spec), "
-                        f"median of {SAMPLES} samples per reading",
+                        f"{WARMUP_S:g} s untimed, then the median of a row's steady window "
+                        "(blocks of >= 20 ms) per reading",
             "spec": self.ref.get("spec") if self.ref else None,
-            "drift_rule": f"|median - first| > {DRIFT_LIMIT:.0%} of the first and > "
-                          f"{DRIFT_MADS:g} MADs of the first reading's samples",
+            "drift_rule": f"|median - reference| > {DRIFT_LIMIT:.0%} of the reference and > "
+                          f"{DRIFT_MADS:g} MADs of its samples (reference: the median of "
+                          f"{START_READINGS} start readings), confirmed by a second reading "
+                          "taken at once (else the reading is transient and marks no row)",
             "readings": len(self.readings),
             "drifted": drifts,
+            "transient": transient,
             "series": [{"t_s": r["t_s"], "label": r["label"], "ms": round(r["ms"], 4),
                         "iqr_ms": round(r["iqr_ms"], 4), "ratio": r["ratio"],
-                        "drift": r["drift"], "steal_share": r.get("steal_share")}
+                        "drift": r["drift"], "transient": bool(r.get("transient")),
+                        "steal_share": r.get("steal_share")}
                        for r in self.readings],
         }
 
@@ -200,10 +238,14 @@ def describe(series: list[dict[str, Any]]) -> str:
         return ""
     ms = [r["ms"] for r in series]
     drift = [r for r in series if r.get("drift")]
-    return (f"{len(series)} readings, {series[0]['ms']:.3g} ms first, {min(ms):.3g}–"
+    transient = [r for r in series if r.get("transient")]
+    ref = reference(series)
+    return (f"{len(series)} readings, {ref['ms']:.3g} ms reference, {min(ms):.3g}–"
             f"{max(ms):.3g} ms; " + (f"{len(drift)} drifted (the machine changed speed "
                                      "mid-run: rows next to them are marked drift)"
-                                     if drift else "no drift"))
+                                     if drift else "no drift")
+            + (f"; {len(transient)} transient (a moment, not confirmed by the next reading)"
+               if transient else ""))
 
 
 # --- the sweep's side (lsbench.sweep.runner) ------------------------------------------------
@@ -223,6 +265,7 @@ class SweepCanary:
         self.run_unit, self.store, self.unit = run_unit, store, unit
         self.interval_s = interval_s
         self.log = CanaryLog(read_canary(store.canary))
+        self._written = len(self.log.readings)  # readings already in canary.jsonl
         self.errors: list[str] = []
         self._t0 = _epoch(started_at)
         self._last = -math.inf
@@ -231,21 +274,27 @@ class SweepCanary:
         return time.monotonic() - self._last >= self.interval_s
 
     def read(self, label: str) -> dict[str, Any] | None:
-        """Take one reading now; None (and a note in `errors`) when the canary failed."""
+        """Take a reading now (START_READINGS of them for "start"; one that drifted from a
+        reading that had not is followed by a confirming one); returns the last, None (and a
+        note in `errors`) when the canary failed."""
         self._last = time.monotonic()
-        try:
-            out = self.run_unit(self.unit, self.TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001 - a canary never fails the sweep; a dead worker
-            self.errors.append(f"canary reading skipped: {type(e).__name__}: {e}")  # is met
-            return None  # by the next config, which says so
-        if out.get("error") or out.get("ms") is None:
-            self.errors.append(str(out.get("error") or out.get("reason") or "no result"))
-            return None
-        reading = self.log.add(out, label, time.time() - self._t0)
-        self.store.append_canary(reading)
-        if reading["drift"] and label not in ("start", "resume"):
+        reading, before = None, self.log.readings[-1] if self.log.readings else None
+        for _ in range(START_READINGS if label == "start" else 1):
+            reading = self._measure(label) or reading
+        if reading is not None and reading["drift"] and label not in ("start", "resume") \
+                and not (before and before["drift"]):  # a change, not a drift going on
+            confirm = self._measure("confirm")
+            if confirm is not None and not confirm["drift"]:
+                self.log.unconfirmed(reading["index"])
+            reading = confirm or reading
+        new = [r for r in self.log.readings if r["index"] >= self._written]
+        for r in new:
+            self.store.append_canary(r)
+        self._written += len(new)
+        first = new[0]["index"] if new else None
+        if first is not None and label not in ("start", "resume") and self.log.drift(first):
             # the rows since the previous reading (this session's) were measured near it
-            before = reading["index"] - 1
+            before = first - 1
             self.store.update_rows({
                 r["config_id"]: {"drift": True, "reason": _join(r.get("reason"),
                                                                  self.log.note(before))}
@@ -254,6 +303,17 @@ class SweepCanary:
                 and not r.get("drift")})
         self._last = time.monotonic()
         return reading
+
+    def _measure(self, label: str) -> dict[str, Any] | None:
+        try:
+            out = self.run_unit(self.unit, self.TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - a canary never fails the sweep; a dead worker
+            self.errors.append(f"canary reading skipped: {type(e).__name__}: {e}")  # is met
+            return None  # by the next config, which says so
+        if out.get("error") or out.get("ms") is None:
+            self.errors.append(str(out.get("error") or out.get("reason") or "no result"))
+            return None
+        return self.log.add(out, label, time.time() - self._t0)
 
     def row_fields(self, row: dict[str, Any]) -> dict[str, Any]:
         """`canary_window` and `drift` for a row about to be appended (drift None for failed

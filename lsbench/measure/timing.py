@@ -5,10 +5,18 @@ Each sample is one *block*: `number` back-to-back calls timed with torch.utils.b
 finished work), garbage collection off, `threads` threads, as `Timer.blocked_autorange` times
 its blocks. `number` is chosen so a block lasts at least BLOCK_S (20 ms): a 0.5 ms step timed
 one call at a time is at the mercy of a single 1-2 ms scheduler tick (IQR/median 0.1-0.33 on a
-quiet 2-core VM), a 20 ms block is not. Blocks are added until IQR/median < `threshold` with at
-least CI_SAMPLES blocks, or the time budget is spent. We report the median per-step time, the
-IQR and a distribution-free 95% confidence interval of the median (order statistics, binomial
-method); `ci_level` is the interval's exact coverage (below 0.95 under 6 samples).
+quiet 2-core VM), a 20 ms block is not.
+
+Steady window: blocks are added until the newest CI_SAMPLES of them have IQR/median <
+`threshold`; those are the row's samples. A VM's speed also wanders on its own, for 0.1-0.3 s
+at a time, with nothing else running in the guest (20 ms blocks of one step, measured on a quiet
+2-core EPYC VM: windows of 6 at IQR/median 0.02-0.06, then a stretch at 0.2-0.26, then steady
+again), so a disturbed stretch at the start must not condemn the row: the blocks before the
+steady window are dropped and counted (`unsteady_blocks`). A short step (6 blocks within the
+budget) may look for a steady window for UNSTEADY_STRETCH x the budget; when none comes, every
+block is used and the row is `noisy`. We report the median per-step time, the IQR and a
+distribution-free 95% confidence interval of the median (order statistics, binomial method);
+`ci_level` is the interval's exact coverage (below 0.95 under 6 samples).
 
     t = time_step(step, budget_s=1.0, threads=2)
     t.median_s, t.iqr_s, t.ci_low_s, t.ci_high_s, t.repeats
@@ -53,6 +61,7 @@ class TimingResult:
     retimed: int = 0  # times the step was timed again because the machine was busy
     threads: int | None = None  # threads the kept timing used (1 after a one-thread re-time)
     one_thread_retime: bool = False  # every attempt with `threads` threads was contended
+    unsteady_blocks: int = 0  # blocks timed before the steady window, not used
 
     @property
     def noisy(self) -> bool | None:
@@ -178,6 +187,7 @@ def summarise(samples_s: Sequence[float], iters_per_sample: int) -> TimingResult
 MIN_SAMPLES = 3  # a spread needs a few samples ...
 MAX_STRETCH = 5.0  # ... worth stretching the budget up to this factor for
 CI_SAMPLES = 6  # the fewest for which the median's 95% interval exists
+UNSTEADY_STRETCH = 2.0  # a short step may look for a steady window this many budgets long
 
 
 class _Usage:
@@ -275,8 +285,9 @@ BLOCK_S = 0.02  # a sample is a block of calls at least this long (scheduler tic
 
 def time_step(step: Callable[[], Any], budget_s: float, threads: int,
               step_s: float | None = None, threshold: float = NOISE_LIMIT) -> TimingResult:
-    """Time `step()` in blocks of >= BLOCK_S for about `budget_s` seconds; stop early once
-    IQR/median < `threshold` over >= CI_SAMPLES blocks. A calibration block (also a warm-up)
+    """Time `step()` in blocks of >= BLOCK_S for about `budget_s` seconds; stop as soon as
+    the newest CI_SAMPLES blocks have IQR/median < `threshold` (the steady window: the row's
+    samples; earlier blocks are dropped and counted). A calibration block (also a warm-up)
     comes on top, except for steps that already take 2 blocks' length (`step_s`).
 
     `step_s`, one step's duration seen in the warm-up, also stretches the budget so that slow
@@ -284,22 +295,34 @@ def time_step(step: Callable[[], Any], budget_s: float, threads: int,
     samples are taken and the row's `repeats` says so.
     """
     number, block_s = _block_size(step, threads, step_s)
-    max_run_time = min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
+    max_run_time = _run_time(budget_s, block_s)
     raw: list[float] = []
+    steady: list[float] | None = None
     while True:
         block = _time_block(step, number, threads)
         if number == 1 and not raw and block < BLOCK_S:  # the warm-up overstated the step
             number, block_s = _block_size(step, threads, block)
-            max_run_time = min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
+            max_run_time = _run_time(budget_s, block_s)
             continue
         raw.append(block)
-        if len(raw) >= CI_SAMPLES and _spread(raw) < threshold:
+        if len(raw) >= CI_SAMPLES and _spread(raw[-CI_SAMPLES:]) < threshold:
+            steady = raw[-CI_SAMPLES:]
             break
         if sum(raw) + float(np.median(raw)) > max_run_time:  # the next block would overrun
             break
-    t = summarise([b / number for b in raw], number)
-    t.threads = threads
+    kept = steady if steady is not None else raw
+    t = summarise([b / number for b in kept], number)
+    t.threads, t.unsteady_blocks = threads, len(raw) - len(kept)
     return t
+
+
+def _run_time(budget_s: float, block_s: float) -> float:
+    """Timed seconds allowed: the budget, stretched so a slow step gets MIN_SAMPLES blocks
+    (up to MAX_STRETCH budgets), or, for a short step, UNSTEADY_STRETCH budgets to find a
+    steady window (a steady row stops at CI_SAMPLES blocks, long before)."""
+    if CI_SAMPLES * block_s <= budget_s:
+        return UNSTEADY_STRETCH * budget_s
+    return min(max(budget_s, MIN_SAMPLES * block_s), MAX_STRETCH * budget_s)
 
 
 def _spread(raw: Sequence[float]) -> float:

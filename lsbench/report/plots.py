@@ -332,10 +332,10 @@ def training_curve_figure(curve: pd.DataFrame) -> plt.Figure | None:
 # --- the canary (issue 21) -----------------------------------------------------------------
 
 def canary_plot(run, out_dir: Path) -> Plot | None:
-    """The canary's readings over the run (median with IQR bars, drifted ones in red, the
-    first reading ±10% shaded) above each row's hypervisor steal share; None without a
-    canary. The data: lsbench.measure.canary.canary_series / steal_points."""
-    from lsbench.measure.canary import DRIFT_LIMIT, canary_series, steal_points
+    """The canary's readings over the run (median with IQR bars, drifted ones in red,
+    transient ones hollow, the reference ±10% shaded) above each row's hypervisor steal share;
+    None without a canary. The data: lsbench.measure.canary.canary_series / steal_points."""
+    from lsbench.measure.canary import DRIFT_LIMIT, canary_series, reference, steal_points
     from lsbench.measure.steal import MAX_STEAL_SHARE
 
     series = canary_series(run.path, run.meta)
@@ -347,15 +347,19 @@ def canary_plot(run, out_dir: Path) -> Plot | None:
     ax = axes[0][0]
     t = [r["t_s"] for r in series]
     ms = [r["ms"] for r in series]
-    ref = series[0]["ms"]
+    ref = reference(series)["ms"]
     ax.axhspan(ref * (1 - DRIFT_LIMIT), ref * (1 + DRIFT_LIMIT), color="0.85", alpha=0.6,
-               label=f"first reading ±{DRIFT_LIMIT:.0%}")
+               label=f"reference ±{DRIFT_LIMIT:.0%}")
     ax.errorbar(t, ms, yerr=[r.get("iqr_ms", 0) / 2 for r in series], color="0.3",
                 marker="o", markersize=4, linewidth=1, capsize=2, label="canary (median, IQR)")
     bad = [r for r in series if r.get("drift")]
     if bad:
         ax.plot([r["t_s"] for r in bad], [r["ms"] for r in bad], "o", color="#d62728",
                 markersize=6, label="drifted")
+    moment = [r for r in series if r.get("transient")]
+    if moment:
+        ax.plot([r["t_s"] for r in moment], [r["ms"] for r in moment], "o", color="#d62728",
+                markerfacecolor="none", markersize=6, label="transient (not confirmed)")
     ax.set_ylabel("canary ms per call", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="best")
     ax.grid(True, alpha=0.3)
@@ -374,8 +378,10 @@ def canary_plot(run, out_dir: Path) -> Plot | None:
     axes[-1][0].set_xlabel("seconds since the run started", fontsize=9)
     return render(fig, "canary", "Canary and steal over the run",
                   "A fixed matmul + SDPA timed at the start, about every 30 s and at the end: "
-                  "a reading outside its first reading by > 10% and 3 MADs (red) means the "
-                  "machine changed speed, and rows measured next to it are marked drift (§). "
+                  "a reading outside the reference (the median of three start readings) by "
+                  "> 10% and 3 MADs, and again in a second reading taken at once (red), means "
+                  "the machine changed speed, and rows measured next to it are marked drift "
+                  "(§); one not confirmed by the second reading (hollow) was a moment. "
                   "Below, each row's share of the CPU the hypervisor took (steal, /proc/stat).",
                   out_dir)
 

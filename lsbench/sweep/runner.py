@@ -387,8 +387,8 @@ def _canary_reading(canary, label: str, info: dict[str, Any], events: Events) ->
     canary.store.write_info(info)
     if reading["drift"]:
         events.status(f"warning: the canary (fixed matmul + SDPA) ran {reading['ratio']:.2f}x "
-                      f"its first reading at {reading['t_s']:.0f} s: the machine changed "
-                      "speed; rows measured next to it are marked drift")
+                      f"its start readings at {reading['t_s']:.0f} s, twice in a row: the "
+                      "machine changed speed; rows measured next to it are marked drift")
 
 
 PEAK_DROP_WARN = 0.20  # the machine lost this much of its matmul peak during the run

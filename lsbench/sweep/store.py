@@ -35,8 +35,8 @@ EXTRA_COLUMNS = [
     "iters_per_sample", "flops", "ffn_dim", "causal", "batch_tokens", "params", "measured_at",
     "precision", "detail", "layer", "computed_flops", "sdpa_backend", "matmul_precision",
     "device_name", "contended", "contention", "retimed", "worker", "steal_share", "drift",
-    "canary_window", "sm_clock_mhz_start", "sm_clock_mhz_end", "sm_clock_mhz_max",
-    "gpu_temp_c_start", "gpu_temp_c_end",
+    "canary_window", "unsteady_blocks", "sm_clock_mhz_start", "sm_clock_mhz_end",
+    "sm_clock_mhz_max", "gpu_temp_c_start", "gpu_temp_c_end",
     # prefill/decode rows (lsbench.measure.decode): bytes per sequence, all layers
     "depth", "state_bytes", "state_bytes_formula", "max_batch_in_budget",
     "compile", "compile_s",  # --compile: the torch.compile mode, and its compile time
@@ -46,7 +46,7 @@ MEASURED = ["latency_ms", "latency_ms_iqr", "latency_ms_ci_low", "latency_ms_ci_
             "peak_mem_mib", "tokens_per_s", "gflops_per_s", "pct_of_peak", "peak_rss_mib",
             "latency_ci_level", "noisy", "iters_per_sample", "flops", "computed_flops",
             "sdpa_backend", "matmul_precision", "device_name", "contended", "contention",
-            "retimed", "steal_share", "sm_clock_mhz_start", "sm_clock_mhz_end",
+            "retimed", "unsteady_blocks", "steal_share", "sm_clock_mhz_start", "sm_clock_mhz_end",
             "sm_clock_mhz_max", "gpu_temp_c_start", "gpu_temp_c_end", "depth", "state_bytes",
             "state_bytes_formula", "max_batch_in_budget", "compile_s"]
 STATUSES = ("ok", "oom", "skipped", "timeout", "error", "unsupported")
