@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from lsbench.measure import timing
 from lsbench.measure.timing import Contention, summarise
 
@@ -226,3 +228,44 @@ def test_a_steady_row_stops_at_the_first_window(monkeypatch):
     _scripted_blocks(monkeypatch, [0.02] * 6 + [RuntimeError] * 10)
     t = timing.time_step(lambda: None, budget_s=0.2, threads=1)
     assert t.repeats == timing.CI_SAMPLES and t.unsteady_blocks == 0 and t.median_s == 0.02
+
+
+class _FakeProbe:
+    """A speed probe whose blocks take `times` (s per call) in order; typical 1.0."""
+
+    def __init__(self, times):
+        self.times = iter(times)
+
+    def typical(self, threads):
+        return 1.0
+
+    def read(self, threads):
+        return next(self.times)
+
+
+def test_a_row_timed_while_the_host_ran_slow_is_contended_and_timed_again(monkeypatch):
+    # no steal, no other process, steady blocks: only the speed probe sees the slow host
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    monkeypatch.setattr(timing, "MAX_SWITCH_RATE", float("inf"))
+    monkeypatch.setattr(timing, "CROWD_CORES", float("inf"))
+    probe = _FakeProbe([1.5, 1.6, 1.0, 1.05])
+    monkeypatch.setattr(timing, "speed_probe", lambda: probe)
+    medians = iter([1.5, 1.0])
+    monkeypatch.setattr(timing, "time_step",
+                        lambda *a, **k: summarise([next(medians)] * 6, 1))
+    t = timing.time_step_checked(lambda: None, 0.1, 2)
+    assert t.retimed == 1 and t.median_s == 1.0 and not t.contended
+    assert t.contention.speed_ratio == pytest.approx(1.025)
+
+
+def test_a_host_slow_on_every_attempt_is_not_retimed_with_one_thread(monkeypatch):
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    monkeypatch.setattr(timing, "MAX_SWITCH_RATE", float("inf"))
+    monkeypatch.setattr(timing, "CROWD_CORES", float("inf"))
+    probe = _FakeProbe([1.5] * 20)
+    monkeypatch.setattr(timing, "speed_probe", lambda: probe)
+    monkeypatch.setattr(timing, "time_step", lambda *a, **k: summarise([1.5] * 6, 1))
+    t = timing.time_step_checked(lambda: None, 0.1, 2)
+    assert t.contended and t.retimed == timing.MAX_RETIMES and not t.one_thread_retime
+    assert "1.50x its typical time (speed probe)" in t.contention.describe(t)
+    assert not Contention(1.0, 2.0, 0, 2, speed_ratio=1.2).slow_machine  # within the wander

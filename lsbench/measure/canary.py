@@ -11,7 +11,8 @@ process at the start of a sweep, about every CANARY_INTERVAL_S seconds of it, an
     log = CanaryLog(previous_readings)   # in the parent
     log.add(reading)                     # ratio to the reference, drift or not
 
-Reference: the median of START_READINGS readings taken back to back at the start. Drift rule: a
+Reference: the run's typical speed, the (lower) median reading of the run (of the readings so
+far while it runs; of all of them when it ends, which decides the rows' marks). Drift rule: a
 reading has drifted when its median differs from the reference's by more than DRIFT_LIMIT (10%:
 the same line `noisy` draws for a row, so a drift the rows could not show is not reported) *and*
 by more than DRIFT_MADS median absolute deviations of the reference's samples (a canary whose
@@ -22,12 +23,17 @@ ms, the first steady window of 6) after WARMUP_S of untimed work.
 Transient changes. A quiet 2-core cloud VM (nothing else in the guest, steal 0) was measured
 switching between two speeds: 45 readings over 60 s, most at 1.4-1.9 ms, 6 at 2.58-2.67 ms,
 each of those steady within itself (MAD ~1%) and gone by the next reading ~1 s later (the host
-sharing the vCPUs' physical cores for a moment). A reading that caught such a moment is not a
-drift of the 30 s around it: with a single start reading as the reference, one such reading at
-the start marked 261 of 276 rows of a quiet run as drift. So the reference is the median of
-three, and a drifted reading is confirmed by a second one taken at once: if that one is back
-within the limits, the first is `transient` (recorded, shown, no row marked). Rows measured next
-to a confirmed drift (the windows just before and just after it) carry `drift: true`.
+sharing the vCPUs' physical cores for a moment), and two default runs back to back differed by
+1.36x over the first 10 s of the second run and by < 10% after it. A reading that caught such a
+moment is not a drift of the 30 s around it, and the start is not special: with the first
+reading as the reference, one slow start reading marked 261 of 276 rows of a quiet run as
+drift; with the median of three start readings, two slow ones did the same. So the run starts
+with START_READINGS readings back to back, the reference is the run's median, and a reading
+that drifted is confirmed by a second one taken at once: if that one is back within the
+limits, the first is `transient` (recorded, shown, no row marked). When the sweep ends, rows
+measured next to a confirmed drift (the windows just before and just after it) get `drift:
+true`; a slowdown shorter than the interval is the per-row speed probe's to see
+(measure/timing.py).
 """
 
 from __future__ import annotations
@@ -122,18 +128,17 @@ def drifted(reading: dict[str, Any], ref: dict[str, Any]) -> bool:
 
 
 def reference(readings: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The reading the others are compared with: the (lower) median by ms of the run's start
-    readings (the leading readings labelled "start", at most START_READINGS), else the first
-    reading (runs recorded with a single start reading)."""
-    starts = [r for r in readings[:START_READINGS] if r.get("label") == "start"]
-    starts = starts or readings[:1]
-    return sorted(starts, key=lambda r: r["ms"])[(len(starts) - 1) // 2] if starts else None
+    """The reading the others are compared with: the (lower) median by ms of the readings
+    with the latest one's workload (a resumed run with other threads starts a new series)."""
+    if not readings:
+        return None
+    same = [r for r in readings if r.get("spec") == readings[-1].get("spec")]
+    return sorted(same, key=lambda r: r["ms"])[(len(same) - 1) // 2]
 
 
 class CanaryLog:
-    """The readings of one run (earlier ones included when resumed); the median start reading
-    is the reference. Rows are tagged with `window`, the index of the last reading before them.
-    """
+    """The readings of one run (earlier ones included when resumed); the median reading is the
+    reference. Rows are tagged with `window`, the index of the last reading before them."""
 
     def __init__(self, readings: list[dict[str, Any]] | None = None):
         self.readings: list[dict[str, Any]] = list(readings or [])
@@ -147,25 +152,32 @@ class CanaryLog:
         return reference(self.readings)
 
     def add(self, reading: dict[str, Any], label: str, t_s: float) -> dict[str, Any]:
-        """Record a reading; returns it with index, t_s, ratio to the reference, drift. A start
-        reading never drifts (the start readings make the reference; their ratios are
-        updated as each one comes in)."""
+        """Record a reading; returns it with index, t_s, ratio to the reference so far, drift
+        (provisional: `evaluate` decides with the whole run's reference)."""
         r = {"index": len(self.readings), "label": label, "t_s": round(t_s, 2),
              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **reading}
         self.readings.append(r)
-        ref = self.ref
-        for x in (self.readings[:START_READINGS] if label == "start" else [r]):
-            if ref.get("spec") != x.get("spec"):  # e.g. resumed with other threads
-                x["ratio"], x["drift"] = None, False
-            else:
-                x["ratio"] = round(x["ms"] / ref["ms"], 4) if ref.get("ms") else None
-                x["drift"] = label != "start" and drifted(x, ref)
+        self._judge(r, self.ref)
         return r
 
-    def unconfirmed(self, i: int) -> None:
-        """Reading `i` drifted but the one taken right after it did not: a transient moment,
-        recorded as such, that marks no row."""
-        self.readings[i]["drift"], self.readings[i]["transient"] = False, True
+    def evaluate(self) -> None:
+        """Judge every reading against the whole run's reference; a drifted reading whose
+        confirming reading (taken right after it) did not drift is `transient`."""
+        ref = self.ref
+        for r in self.readings:
+            self._judge(r, ref)
+        for r, nxt in zip(self.readings, self.readings[1:], strict=False):
+            if r["drift"] and nxt.get("label") == "confirm" and not nxt["drift"]:
+                r["drift"], r["transient"] = False, True
+
+    @staticmethod
+    def _judge(r: dict[str, Any], ref: dict[str, Any]) -> None:
+        r["transient"] = False
+        if ref.get("spec") != r.get("spec"):  # e.g. resumed with other threads
+            r["ratio"], r["drift"] = None, False
+        else:
+            r["ratio"] = round(r["ms"] / ref["ms"], 4) if ref.get("ms") else None
+            r["drift"] = drifted(r, ref)
 
     def drift(self, i: int | None) -> bool:
         return i is not None and 0 <= i < len(self.readings) and bool(self.readings[i]["drift"])
@@ -179,11 +191,11 @@ class CanaryLog:
         parts = [_reading_text(self.readings[i]) for i in (window, (window or 0) + 1)
                  if window is not None and self.drift(i)]
         return ("drift: the canary (a fixed matmul + SDPA) ran at " + " and ".join(parts)
-                + " of its start readings next to this row (confirmed by a second reading): "
+                + " of its median reading next to this row (confirmed by a second reading): "
                 + "the machine was "
                 + ("slower" if any(self.readings[i]["ratio"] > 1 for i in (window, window + 1)
                                    if self.drift(i)) else "faster")
-                + " than when the run started") if parts else ""
+                + " than it typically was during the run") if parts else ""
 
     def summary(self) -> dict[str, Any]:
         """For run.json: the rule, the spec and the series (t_s, ms, IQR, ratio, drift)."""
@@ -195,9 +207,9 @@ class CanaryLog:
                         "(blocks of >= 20 ms) per reading",
             "spec": self.ref.get("spec") if self.ref else None,
             "drift_rule": f"|median - reference| > {DRIFT_LIMIT:.0%} of the reference and > "
-                          f"{DRIFT_MADS:g} MADs of its samples (reference: the median of "
-                          f"{START_READINGS} start readings), confirmed by a second reading "
-                          "taken at once (else the reading is transient and marks no row)",
+                          f"{DRIFT_MADS:g} MADs of its samples (reference: the run's median "
+                          "reading), confirmed by a second reading taken at once (else the "
+                          "reading is transient and marks no row)",
             "readings": len(self.readings),
             "drifted": drifts,
             "transient": transient,
@@ -266,6 +278,7 @@ class SweepCanary:
         self.interval_s = interval_s
         self.log = CanaryLog(read_canary(store.canary))
         self._written = len(self.log.readings)  # readings already in canary.jsonl
+        self._session_rows: set[str] = set()  # config ids of the rows this session measured
         self.errors: list[str] = []
         self._t0 = _epoch(started_at)
         self._last = -math.inf
@@ -281,28 +294,42 @@ class SweepCanary:
         reading, before = None, self.log.readings[-1] if self.log.readings else None
         for _ in range(START_READINGS if label == "start" else 1):
             reading = self._measure(label) or reading
-        if reading is not None and reading["drift"] and label not in ("start", "resume") \
+        if reading is not None and reading["drift"] and label != "start" \
                 and not (before and before["drift"]):  # a change, not a drift going on
             confirm = self._measure("confirm")
             if confirm is not None and not confirm["drift"]:
-                self.log.unconfirmed(reading["index"])
+                reading["drift"], reading["transient"] = False, True
             reading = confirm or reading
         new = [r for r in self.log.readings if r["index"] >= self._written]
         for r in new:
             self.store.append_canary(r)
         self._written += len(new)
-        first = new[0]["index"] if new else None
-        if first is not None and label not in ("start", "resume") and self.log.drift(first):
-            # the rows since the previous reading (this session's) were measured near it
-            before = first - 1
-            self.store.update_rows({
-                r["config_id"]: {"drift": True, "reason": _join(r.get("reason"),
-                                                                 self.log.note(before))}
-                for r in self.store.rows
-                if r.get("canary_window") == before and r.get("status") == "ok"
-                and not r.get("drift")})
         self._last = time.monotonic()
         return reading
+
+    def finish(self) -> int:
+        """When the sweep ends (or stops): every reading judged against the whole run's
+        reference (canary.jsonl rewritten), and every row this session measured marked
+        `drift` or not by the readings around it (results.jsonl rewritten when a mark changes;
+        rows of an earlier session of a resumed run keep theirs). Returns how many rows are
+        marked."""
+        if not self.log.readings:
+            return 0
+        self.log.evaluate()
+        self.store.rewrite_canary(self.log.readings)
+        changes = {}
+        for r in self.store.rows:
+            if r.get("status") != "ok" or r.get("canary_window") is None \
+                    or r["config_id"] not in self._session_rows:
+                continue
+            drift = self.log.row_drift(r["canary_window"])
+            reason = _strip_drift(r.get("reason"))
+            if drift:
+                reason = _join(reason, self.log.note(r["canary_window"]))
+            if r.get("drift") is not drift or (r.get("reason") or "") != (reason or ""):
+                changes[r["config_id"]] = {"drift": drift, "reason": reason or ""}
+        self.store.update_rows(changes)
+        return sum(bool(r.get("drift")) for r in self.store.rows)
 
     def _measure(self, label: str) -> dict[str, Any] | None:
         try:
@@ -316,16 +343,11 @@ class SweepCanary:
         return self.log.add(out, label, time.time() - self._t0)
 
     def row_fields(self, row: dict[str, Any]) -> dict[str, Any]:
-        """`canary_window` and `drift` for a row about to be appended (drift None for failed
-        rows and for runs whose canary never gave a reading)."""
-        window = self.log.window
-        if window is None or row.get("status") != "ok":
-            return {"canary_window": window, "drift": None}
-        drift = self.log.drift(window)
-        fields: dict[str, Any] = {"canary_window": window, "drift": drift}
-        if drift:
-            fields["reason"] = _join(row.get("reason"), self.log.note(window))
-        return fields
+        """`canary_window` for a row about to be appended, and `drift` None: decided by
+        `finish` with the whole run's readings (also None for failed rows and for runs whose
+        canary never gave a reading)."""
+        self._session_rows.add(row.get("config_id"))
+        return {"canary_window": self.log.window, "drift": None}
 
     def summary(self) -> dict[str, Any] | None:
         if not self.log.readings:
@@ -335,6 +357,11 @@ class SweepCanary:
 
 def _join(*parts: str | None) -> str:
     return "; ".join(p for p in parts if p)
+
+
+def _strip_drift(reason: str | None) -> str:
+    """A row's reason without an earlier session's drift note (finish decides it again)."""
+    return _join(*[p for p in (reason or "").split("; ") if not p.startswith("drift: the canary")])
 
 
 def _epoch(iso: str | None) -> float:

@@ -24,7 +24,10 @@ distribution-free 95% confidence interval of the median (order statistics, binom
 On CPU, `time_step_checked` also watches what the OS saw while the blocks ran (`Contention`)
 and times a contended row again; when every attempt was contended and the step used several
 threads, it is timed once more with one thread (OpenMP threads wait at barriers for a peer
-the scheduler took away, so 2 threads under load run 10-20x slow, one thread ~1-2x).
+the scheduler took away, so 2 threads under load run 10-20x slow, one thread ~1-2x). Around
+each attempt a speed probe (`SpeedProbe`: 10 ms of a fixed matmul) says whether the machine
+itself ran slow (a cloud host, invisible from the guest); such an attempt is contended too and
+timed again, but never re-timed with one thread (that cures barrier waits, not a slow host).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -94,6 +97,7 @@ class Contention:
     steal_share: float | None = None  # hypervisor steal, system-wide (Linux; measure/steal.py)
     others_cpu_s: float | None = None  # CPU the rest of this machine used meanwhile (Linux)
     cores: int | None = None  # CPUs this process may run on
+    speed_ratio: float | None = None  # the speed probe around the blocks / its typical time
 
     @property
     def others_cores(self) -> float | None:
@@ -125,7 +129,12 @@ class Contention:
         slow_block = (t.repeats >= MIN_SAMPLES
                       and max(t.samples_s) > SLOW_BLOCK_FACTOR * t.median_s)
         starved = self.switch_rate > MAX_SWITCH_RATE and self.cpu_share < STARVED_SHARE
-        return starved or slow_block or self.crowded or stolen(self.steal_share)
+        return (starved or slow_block or self.crowded or stolen(self.steal_share)
+                or self.slow_machine)
+
+    @property
+    def slow_machine(self) -> bool:
+        return self.speed_ratio is not None and self.speed_ratio > SLOW_MACHINE
 
     def describe(self, t: TimingResult) -> str:
         worst = max(t.samples_s) / t.median_s if t.median_s > 0 and t.samples_s else 1.0
@@ -134,7 +143,9 @@ class Contention:
                 + (f", other processes busy on {self.others_cores:.1f} of {self.cores} cores"
                    if self.others_cores is not None else "")
                 + (f", {describe_steal(self.steal_share)}" if self.steal_share is not None
-                   else ""))
+                   else "")
+                + (f", the machine {self.speed_ratio:.2f}x its typical time (speed probe)"
+                   if self.speed_ratio is not None else ""))
 
 
 MAX_SWITCH_RATE = 100.0  # involuntary switches per second: preempted, not merely noisy ...
@@ -144,6 +155,64 @@ SLOW_BLOCK_FACTOR = 3.0  # a block this many times the median: something else ra
 # Quiet, the rest of a 2-core VM (kernel threads, lsbench's parent) uses ~0.02 cores.
 CROWD_CORES = 0.25
 TICK_SLACK = 0.02  # s per CPU: /proc/stat counts 10 ms ticks, getrusage does not
+# The speed probe ran this many times its typical time around the blocks: the machine itself
+# was slow (a cloud VM's host), with nothing in the guest to show it. Measured on a quiet
+# 2-core VM: 10 ms probe blocks within ±10% of their median most of the time, and stretches of
+# 1.4-1.6x lasting seconds; 1.25 sits between the two.
+SLOW_MACHINE = 1.25
+
+
+class SpeedProbe:
+    """How fast the machine is right now: one block of >= PROBE_S of a fixed float32 matmul
+    (256x256x256), timed before and after each timing attempt, against the median of this
+    process's earlier probe blocks (its typical speed; the first call takes SEED_BLOCKS).
+
+    It sees what the per-row checks cannot: a host that runs the guest's vCPUs slower for a
+    while (two default runs back to back on a quiet VM: the second's first 10 s ran 1.36x
+    slower, with no steal, no other process and steady blocks)."""
+
+    PROBE_S = 0.01
+    SEED_BLOCKS = 5
+    HISTORY = 64
+
+    def __init__(self) -> None:
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        self._a = torch.randn(256, 256, generator=g)
+        self._b = torch.randn(256, 256, generator=g)
+        self._number = 0
+        self.history: list[float] = []
+
+    def read(self, threads: int) -> float:
+        """Seconds per matmul in one block (recorded in the history)."""
+        import torch
+
+        with set_torch_threads(threads):
+            if not self._number:  # calibrate once: calls for a block of PROBE_S
+                t0 = clock()
+                torch.mm(self._a, self._b)
+                self._number = max(1, math.ceil(self.PROBE_S / max(clock() - t0, 1e-7)))
+            t0 = clock()
+            for _ in range(self._number):
+                torch.mm(self._a, self._b)
+            per_call = (clock() - t0) / self._number
+        self.history = (self.history + [per_call])[-self.HISTORY:]
+        return per_call
+
+    def typical(self, threads: int) -> float:
+        while len(self.history) < self.SEED_BLOCKS:
+            self.read(threads)
+        return float(np.median(self.history))
+
+
+_PROBE: list[SpeedProbe] = []  # one per process, made on first use
+
+
+def speed_probe() -> SpeedProbe:
+    if not _PROBE:
+        _PROBE.append(SpeedProbe())
+    return _PROBE[0]
 
 
 def median_ci(samples: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -197,6 +266,9 @@ class _Usage:
         self.threads = threads
 
     def __enter__(self) -> _Usage:
+        probe = speed_probe()
+        self._typical = probe.typical(self.threads)  # before this attempt's own readings
+        self._p0 = probe.read(self.threads)
         self._r0, self._t0 = resource.getrusage(resource.RUSAGE_SELF), clock()
         self._j0 = read_cpu_jiffies()
         self._b0 = busy_cpu_s()
@@ -210,6 +282,8 @@ class _Usage:
         self.result = Contention(wall, cpu, r1.ru_nivcsw - self._r0.ru_nivcsw, self.threads,
                                  steal_share(self._j0, read_cpu_jiffies()), others,
                                  len(_cpus()))
+        p1 = speed_probe().read(self.threads)
+        self.result.speed_ratio = round((self._p0 + p1) / 2 / self._typical, 3)
 
 
 def _cpus() -> set[int]:
@@ -261,7 +335,8 @@ def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
         if not t.contended:
             return t
     best.retimed = MAX_RETIMES
-    if threads > 1:  # every attempt crowded: barrier waits for a descheduled peer dominate
+    if threads > 1 and replace(best.contention, speed_ratio=None).flagged(best):
+        # every attempt crowded: barrier waits for a descheduled peer dominate
         time.sleep(min(QUIET_WAIT_S, best.contention.wall_s))
         with _Usage(1) as usage:
             single = time_step(step, budget_s, 1, step_s)
@@ -273,11 +348,13 @@ def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
     return best
 
 
-def _rank(c: Contention) -> tuple[float, float, float]:
+def _rank(c: Contention) -> tuple[float, float, float, float]:
     """Least contended first: a timing the hypervisor did not rob (else the least robbed),
-    then the least crowded by other processes, then the fewest switches."""
+    then the least crowded by other processes, then on the least slowed machine, then the
+    fewest switches."""
     return (c.steal_share if stolen(c.steal_share) else 0.0,
-            (c.others_cores or 0.0) if c.crowded else 0.0, c.switch_rate)
+            (c.others_cores or 0.0) if c.crowded else 0.0,
+            (c.speed_ratio or 0.0) if c.slow_machine else 0.0, c.switch_rate)
 
 
 BLOCK_S = 0.02  # a sample is a block of calls at least this long (scheduler ticks are 1-4 ms)

@@ -357,6 +357,8 @@ def execute(plan: Plan, events: Events, should_stop=lambda: False,
             steal.__exit__()
             share = None if steal.share is None else round(steal.share, 4)
             (info["resumes"][-1] if plan.resume_info is not None else info)["steal_share"] = share
+            if canary is not None:
+                canary.finish()  # rows marked drift by the whole run's readings
             if canary is not None and canary.summary() is not None:
                 info["canary"] = canary.summary()  # the whole series, every session
             info["status"] = "complete" if complete else "interrupted"
@@ -387,8 +389,9 @@ def _canary_reading(canary, label: str, info: dict[str, Any], events: Events) ->
     canary.store.write_info(info)
     if reading["drift"]:
         events.status(f"warning: the canary (fixed matmul + SDPA) ran {reading['ratio']:.2f}x "
-                      f"its start readings at {reading['t_s']:.0f} s, twice in a row: the "
-                      "machine changed speed; rows measured next to it are marked drift")
+                      f"its median reading so far at {reading['t_s']:.0f} s, twice in a row: "
+                      "the machine changed speed; rows measured next to it will be marked "
+                      "drift")
 
 
 PEAK_DROP_WARN = 0.20  # the machine lost this much of its matmul peak during the run

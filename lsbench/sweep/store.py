@@ -191,6 +191,11 @@ class RunStore:
                                          for r in self.rows))
         self.write_csv()
 
+    def rewrite_canary(self, readings: list[dict[str, Any]]) -> None:
+        """canary.jsonl rewritten whole and atomically (the readings judged again at the end)."""
+        atomic_write(self.canary, "".join(json.dumps(r, default=str, allow_nan=False) + "\n"
+                                          for r in readings))
+
     def append_canary(self, reading: dict[str, Any]) -> None:
         """One canary reading, appended and fsynced like a row (an interrupted run keeps every
         reading taken)."""
