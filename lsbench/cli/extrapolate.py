@@ -16,6 +16,10 @@ budget, then scores one held-out stream at L×{1, 1.5, 2, 4, 8, 16} (nonoverlapp
 sliding windows with --stride). Writes run.json, extrapolation.csv, training.csv and checkpoints
 to reports/<timestamp>-extrapolate/. Interrupted? Rerun the same command with [bold]--out DIR[/]
 to resume; [bold]--eval-only --out DIR[/] rescores trained checkpoints.
+
+[bold]--task recall[/] trains each method on MQAR retrieval at L instead (several seeds) and scores
+its query accuracy at the same multiples of L (recall.csv, recall_summary.csv); give it the same
+--out as an LM run and `lsbench report` draws accuracy beside perplexity.
 """
 
 
@@ -23,8 +27,9 @@ to resume; [bold]--eval-only --out DIR[/] rescores trained checkpoints.
 @friendly
 def extrapolate_cmd(
     ctx: typer.Context,
-    train_len: Annotated[int, typer.Option(
-        "--train-len", "-L", help="Training length L (tokens = bytes).")] = 512,
+    train_len: Annotated[int | None, typer.Option(
+        "--train-len", "-L", help="Training length L (tokens = bytes) \\[default: 512; for "
+        "--task recall the preset's: 64 on cpu].", show_default=False)] = None,
     positions_: Annotated[str | None, typer.Option(
         "--positions", help="Comma-separated position methods (`lsbench list positions`); "
         "xpos+bca rescores the xpos model with blockwise causal attention (no retraining) "
@@ -54,24 +59,48 @@ def extrapolate_cmd(
     train_tokens: Annotated[int | None, typer.Option(
         "--train-tokens", help="Override the preset's training token budget per method.",
         show_default=False)] = None,
+    task: Annotated[str, typer.Option(
+        "--task", help="lm (perplexity on a byte corpus) or recall (MQAR query accuracy).")
+    ] = "lm",
+    seeds: Annotated[int | None, typer.Option(
+        "--seeds", help="--task recall: seeds per method, for the 95% CI \\[default: 3].",
+        show_default=False)] = None,
     rope_scaling: Annotated[str | None, typer.Option(
         "--rope-scaling", help="Also score the trained rotary model, without retraining, under "
         "these eval-time scalings: pi,ntk,yarn (rows rotary+pi, ...).", show_default=False)
     ] = None,
 ) -> None:
     from lsbench.extrapolate import run_extrapolate
+    from lsbench.extrapolate.recall import LM_ONLY, parse_task, run_recall
 
     given = {p.opts[0]: ctx.params[p.name] for p in ctx.command.params  # as the user typed them
              if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"}
     command = "lsbench extrapolate" + "".join(
         f" {opt}" + ("" if v is True else f" {v}") for opt, v in given.items())
+    _check_task_options(parse_task(task), given, LM_ONLY)
     view = _ExtrapolateView()
+    if task == "recall":
+        try:
+            recall = run_recall(
+                train_len=train_len, positions=positions_, out=out, preset=preset,
+                eval_lens=eval_lens, device=device, seed=seed, seeds=seeds, threads=threads,
+                command=command, events=view)
+        except KeyboardInterrupt:
+            view.progress.stop()
+            resume = command if out else f"{command} --out {view.out}"
+            err_console.print(f"[yellow]interrupted.[/] Scored rows are in recall.csv; resume "
+                              f"with: [bold]{resume}[/]", highlight=False)
+            raise typer.Exit(130) from None
+        finally:
+            view.progress.stop()
+        _print_recall(recall)
+        return
     try:
         result = run_extrapolate(
-            train_len=train_len, positions=positions_, corpus=corpus, out=out, preset=preset,
-            eval_lens=eval_lens, stride=stride, eval_only=eval_only, device=device, seed=seed,
-            threads=threads, train_tokens=train_tokens, rope_scaling=rope_scaling,
-            command=command, events=view)
+            train_len=512 if train_len is None else train_len, positions=positions_,
+            corpus=corpus, out=out, preset=preset, eval_lens=eval_lens, stride=stride,
+            eval_only=eval_only, device=device, seed=seed, threads=threads,
+            train_tokens=train_tokens, rope_scaling=rope_scaling, command=command, events=view)
     except KeyboardInterrupt:
         view.progress.stop()
         resume = command if out else f"{command} --out {view.out}"
@@ -81,6 +110,34 @@ def extrapolate_cmd(
     finally:
         view.progress.stop()
     _print_extrapolation(result)
+
+
+def _check_task_options(task: str, given: dict, lm_only: tuple[str, ...]) -> None:
+    from lsbench.errors import LsbenchError
+
+    if task == "recall":
+        wrong = [o for o in lm_only if o in given]
+        if wrong:
+            raise LsbenchError(f"{', '.join(wrong)} only applies to --task lm (the byte-corpus "
+                               "LM); drop it for --task recall.")
+    elif "--seeds" in given:
+        raise LsbenchError("--seeds applies to --task recall (the LM task trains one seed: "
+                           "use --seed); add --task recall or drop --seeds.")
+
+
+def _print_recall(result) -> None:
+    from lsbench.extrapolate.recall import summary_tables
+
+    for t in summary_tables(result):
+        table = Table(title=t.title, caption=t.caption or None)
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"wall time {result.meta['wall_time_s']:.0f} s", highlight=False)
+    for name in ("recall.json", "recall.csv", "recall_summary.csv"):
+        console.print(f"wrote {result.out / name}", highlight=False)
 
 
 class _ExtrapolateView:
@@ -133,6 +190,30 @@ class _ExtrapolateView:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
         console.print(f"writing {out}", highlight=False)
         self.progress.start()
+
+    def on_recall_start(self, out, args, preset, recall) -> None:
+        self.out = out
+        console.print(
+            f"[bold]extrapolate --task recall[/] L={args['train_len']}: "
+            f"{', '.join(args['positions'])} × seeds {args['seeds']} on {args['device']}, preset "
+            f"[bold]{preset['name']}[/] (d_model={preset['d_model']}, layers="
+            f"{preset['n_layers']}, heads={preset['n_heads']}); MQAR {recall['kv_pairs']} pairs, "
+            f"vocab {recall['vocab']}, {recall['steps']} steps × {recall['batch_size']}; "
+            f"scoring {recall['eval_examples']} sequences at {args['eval_lens']}",
+            highlight=False)
+        console.print(f"writing {out}", highlight=False)
+        self.progress.start()
+
+    def on_recall_trained(self, position, seed, final_train_loss, train_s) -> None:
+        self.progress.console.print(
+            f"{position} seed {seed}: trained in {train_s:.0f} s, final loss "
+            f"{final_train_loss}", highlight=False)
+
+    def on_recall_scored(self, **row) -> None:
+        acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        self.progress.console.print(
+            f"  {row['position']} seed {row['seed']} at {row['eval_len']}: accuracy {acc}",
+            highlight=False)
 
     def on_estimate(self, train_s, eval_s, total_s, warmup_s, how) -> None:
         per = ", ".join(f"{n} {train_s[n] + eval_s[n]:.0f}" for n in train_s)

@@ -151,3 +151,53 @@ def list_rows() -> list[dict]:
          "n_layers": p.n_layers, "n_heads": p.n_heads, "train_tokens": p.train_tokens}
         for p in PRESETS.values()
     ]
+
+
+@dataclass(frozen=True)
+class RecallPreset:
+    """The retrieval budget of `lsbench extrapolate --task recall` (lsbench.extrapolate.recall);
+    the model's width, depth and heads are the extrapolate preset of the same name's.
+
+    MQAR sizes (Zoology's names): `vocab` tokens, `kv_pairs` pairs, queries placed uniformly
+    (power_a = 1; see recall.py for why). Every (position method, seed) trains `steps` steps of
+    `batch_size` fresh sequences of train_len tokens; each eval length is scored on
+    `eval_examples` held-out sequences (kv_pairs queries each).
+    """
+
+    name: str
+    train_len: int  # default L for --task recall (the LM task's is 512)
+    vocab: int
+    kv_pairs: int
+    steps: int
+    batch_size: int
+    lr: float
+    eval_examples: int
+    seeds: int = 3  # the CI is Student's t over seeds (lsbench.quality.summary.t_interval)
+    power_a: float = 1.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Sizing: `tiny` runs in seconds for tests. `cpu` is sized, not yet measured for the shape of
+# the result: L = 64 keeps 16L at 1,024 tokens, so scoring 128 sequences at all six lengths is
+# ~270k tokens per (method, seed); 1,500 steps of 32 × 64 tokens (~3M tokens) is the budget a
+# 2-layer model needs to learn 8-pair MQAR at L (Zoology trains far longer at larger sizes),
+# at ~30k tokens/s on 2 cores ~100 s per (method, seed), ~25 min for 5 methods × 3 seeds.
+RECALL_PRESETS = {
+    r.name: r
+    for r in (
+        RecallPreset(name="tiny", train_len=32, vocab=32, kv_pairs=4, steps=20, batch_size=8,
+                     lr=3e-3, eval_examples=16),
+        RecallPreset(name="cpu", train_len=64, vocab=64, kv_pairs=8, steps=1500,
+                     batch_size=32, lr=2e-3, eval_examples=128),
+        RecallPreset(name="gpu", train_len=256, vocab=256, kv_pairs=32, steps=8000,
+                     batch_size=64, lr=6e-4, eval_examples=1024),
+    )
+}
+
+
+def get_recall_preset(name: str) -> RecallPreset:
+    if name not in RECALL_PRESETS:
+        raise unknown_choice("preset", name, RECALL_PRESETS)
+    return RECALL_PRESETS[name]
