@@ -207,7 +207,8 @@ def settings(train_len: int, p: Preset, rp: RecallPreset) -> dict:
     """What must match for rows already in recall.csv to be reused by a rerun."""
     return {"train_len": train_len, "recall": rp.as_dict(), "d_model": p.d_model,
             "n_heads": p.n_heads, "n_layers": p.n_layers, "grad_clip": p.grad_clip,
-            "weight_decay": p.weight_decay, "position_lr_mult": list(p.position_lr_mult)}
+            "weight_decay": p.weight_decay,
+            "position_lr_mult": [list(m) for m in p.position_lr_mult]}  # as JSON reads it back
 
 
 def run_recall(
@@ -291,6 +292,7 @@ def _run(out: Path, names: list[str], train_len: int, lens: list[int], p: Preset
             "preset": p.name, "eval_lens": lens, "device": str(dev), "seeds": seed_list,
             "threads": torch.get_num_threads()}
     meta = {"kind": "extrapolate", "task": "recall", "command": command, "args": args,
+            "device": dev.type,
             "settings": settings(train_len, p, rp), "preset": p.as_dict(),
             "recall_preset": rp.as_dict(), "env": fingerprint(),
             "lsbench_version": lsbench.__version__,

@@ -47,7 +47,7 @@ TRAINING_COLUMNS = ["position", "train_len", "params", "tokens_trained", "train_
                     "tokens_per_s", "peak_mem_mib", "final_train_loss"]
 
 RUN_FILES = ("run.json", "results.jsonl", "results.csv", "extrapolation.csv", "training.csv",
-             "quality.csv")
+             "quality.csv", "recall.csv")
 
 
 @dataclass
@@ -66,6 +66,8 @@ class Run:
     curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # training_curve.csv
     quality_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # `lsbench quality`
     fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)  # (lsbench.quality.run)
+    recall: pd.DataFrame = field(default_factory=pd.DataFrame)  # `extrapolate --task recall`
+    recall_meta: dict[str, Any] = field(default_factory=dict)  # its recall.json
 
     @property
     def name(self) -> str:
@@ -91,7 +93,7 @@ class Run:
     @property
     def is_empty(self) -> bool:
         return (self.rows.empty and self.extrapolation.empty and self.training.empty
-                and self.failed_evals.empty and self.quality_summary.empty)
+                and self.failed_evals.empty and self.quality_summary.empty and self.recall.empty)
 
 
 def load_run(path: str | Path) -> Run:
@@ -131,8 +133,8 @@ def load_run(path: str | Path) -> Run:
     meta = _read_meta(p, given, warnings)
     kind = meta.get("kind")
     if kind not in ("run", "extrapolate", "quality"):
-        kind = "extrapolate" if (p / "extrapolation.csv").is_file() or (
-            p / "training.csv").is_file() else "run"
+        kind = "extrapolate" if any((p / f).is_file() for f in (
+            "extrapolation.csv", "training.csv", "recall.csv")) else "run"
         kind = "quality" if (p / "quality.csv").is_file() else kind
         if meta:
             warnings.append(f"run.json has no known 'kind'; read it as a {kind!r} run.")
@@ -165,8 +167,15 @@ def load_run(path: str | Path) -> Run:
     training = _read_csv(p / "training.csv", TRAINING_COLUMNS, warnings, required=["position"])
     curve = _read_csv(p / "training_curve.csv", ["position", "step", "tokens", "loss"],
                       warnings, required=["position", "loss"])
-    return Run(p, given, kind, meta, rows, extrap, training, warnings,
-               failed.reset_index(drop=True), curve)
+    run = Run(p, given, kind, meta, rows, extrap, training, warnings,
+              failed.reset_index(drop=True), curve)
+    if (p / "recall.csv").is_file():  # retrieval at length, beside (or instead of) perplexity
+        from lsbench.extrapolate.recall import read_rows
+
+        run.recall = read_rows(p / "recall.csv")
+        if (p / "recall.json").is_file():
+            run.recall_meta = _read_meta_file(p / "recall.json", given)
+    return run
 
 
 def _read_meta(p: Path, given: str, warnings: list[str]) -> dict[str, Any]:
@@ -174,13 +183,17 @@ def _read_meta(p: Path, given: str, warnings: list[str]) -> dict[str, Any]:
     if not f.is_file():
         warnings.append("run.json is missing: the environment and command are unknown.")
         return {}
+    return _read_meta_file(f, given)
+
+
+def _read_meta_file(f: Path, given: str) -> dict[str, Any]:
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LsbenchError(f"{given}/run.json is not valid JSON ({e}); restore it or rerun "
+        raise LsbenchError(f"{given}/{f.name} is not valid JSON ({e}); restore it or rerun "
                            "the benchmark.") from None
     if not isinstance(meta, dict):
-        raise LsbenchError(f"{given}/run.json must hold a JSON object, not "
+        raise LsbenchError(f"{given}/{f.name} must hold a JSON object, not "
                            f"{type(meta).__name__}.")
     return meta
 

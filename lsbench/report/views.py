@@ -361,7 +361,7 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
     sec = Section(run, anchor, f"Length extrapolation · {run.name}", "extrapolate")
     _common(sec, run)
     ex = run.extrapolation
-    if ex.empty:
+    if ex.empty and run.recall.empty:
         sec.banners.append(("warn", "No perplexity was recorded yet (extrapolation.csv is "
                                     "missing or empty): training may still be running or was "
                                     "interrupted."))
@@ -409,6 +409,10 @@ def extrapolation_section(run: Run, anchor: str, plot_dir: Path | None) -> Secti
         lead = ["train_len", "eval_mode", "position"]
         sec.exports[f"extrapolation-{slug(t.eval_mode)}-L{t.train_len}"] = export[
             lead + [c for c in export.columns if c not in lead]]
+    if not run.recall.empty:  # `lsbench extrapolate --task recall` wrote recall.csv here
+        from lsbench.report.recall import add_recall  # it imports this module
+
+        add_recall(sec, anchor, plot_dir)
     if not run.failed_evals.empty:
         fe = run.failed_evals.sort_values(["position", "eval_mode", "eval_len"])
         sec.failures = frame_view(
