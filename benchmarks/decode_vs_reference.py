@@ -15,14 +15,18 @@ And for the recurrent and window variants, the log-log slope of decode latency i
 
     python benchmarks/decode_vs_reference.py [--depths 1024,8192,32768] [--batches 1,8]
 
-Times are medians of torch.utils.benchmark's blocked_autorange (each sample a block of calls,
-~1 s per measurement); on a busy machine rerun and compare the ratios, not the milliseconds.
+Times are medians of torch.utils.benchmark's blocked_autorange (each sample a block of calls).
+The three steps of one (B, depth) are timed *interleaved*: ROUNDS rounds, each timing ours,
+minimal and hf for min_run_time / ROUNDS seconds in turn, so a machine whose speed wanders
+(a cloud VM's does by 10-40% over seconds, measured) slows all three alike. The ratios are the
+medians of the per-round ratios (paired), the milliseconds the medians of the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +38,25 @@ D, H = 256, 16
 DH = D // H
 
 
+ROUNDS = 5
+
+
 def median_ms(fn, min_run_time: float) -> float:
     timer = Timer("fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def interleaved(fns: dict, min_run_time: float) -> tuple[dict, dict]:
+    """{name: median ms over rounds}, {name: median over rounds of ms / the first's ms}."""
+    rounds = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            rounds[name].append(median_ms(fn, min_run_time / ROUNDS))
+    first = next(iter(fns))
+    med = {name: statistics.median(ms) for name, ms in rounds.items()}
+    ratio = {name: statistics.median(a / b for a, b in zip(rounds[first], ms, strict=True))
+             for name, ms in rounds.items()}
+    return med, ratio
 
 
 def filled(model, batch: int, depth: int, device):
@@ -52,7 +72,7 @@ def filled(model, batch: int, depth: int, device):
     return state
 
 
-def ours_and_minimal(batch: int, depth: int, device, min_run_time: float):
+def ours_and_minimal(batch: int, depth: int, device):
     torch.manual_seed(0)
     model = build("sdpa", D, H, causal=True).to(device).eval()
     state = filled(model, batch, depth, device)
@@ -71,11 +91,15 @@ def ours_and_minimal(batch: int, depth: int, device, min_run_time: float):
     with torch.no_grad():
         ours_y = model.step(x_t, state)[0]
         torch.testing.assert_close(minimal(), ours_y, atol=1e-5, rtol=1e-4)  # the same layer
-        return (median_ms(lambda: model.step(x_t, state), min_run_time),
-                median_ms(minimal, min_run_time))
+    return (lambda: _no_grad(model.step, x_t, state)), (lambda: _no_grad(minimal))
 
 
-def hf(batch: int, depth: int, device, min_run_time: float) -> float | None:
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def hf(batch: int, depth: int, device):
     try:
         from transformers import LlamaConfig, StaticCache
         from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
@@ -100,7 +124,7 @@ def hf(batch: int, depth: int, device, min_run_time: float) -> float | None:
             layer.cumulative_length.fill_(depth - 1)
             return attn(x_t, position_embeddings=cos_sin, attention_mask=None, cache=cache)
         step()
-        return median_ms(step, min_run_time)
+    return lambda: _no_grad(step)
 
 
 def slope(name: str, batch: int, depths: list[int], device, min_run_time: float) -> float:
@@ -133,12 +157,14 @@ def main() -> None:
           f"{'ours/hf':>8}")
     for batch in map(int, args.batches.split(",")):
         for depth in map(int, args.depths.split(",")):
-            ours, minimal = ours_and_minimal(batch, depth, device, args.min_run_time)
-            ref = hf(batch, depth, device, args.min_run_time)
-            hf_cell = f"{ref:8.3f}" if ref else f"{'n/a':>8}"
-            ratio = f"{ours / ref:8.2f}" if ref else f"{'n/a':>8}"
-            print(f"{batch:>3} {depth:>7} {ours:8.3f} {minimal:8.3f} {hf_cell} "
-                  f"{ours / minimal:9.2f} {ratio}", flush=True)
+            ours, minimal = ours_and_minimal(batch, depth, device)
+            ref = hf(batch, depth, device)
+            fns = {"ours": ours, "minimal": minimal, **({"hf": ref} if ref else {})}
+            ms, ratio = interleaved(fns, args.min_run_time * len(fns))
+            hf_cell = f"{ms['hf']:8.3f}" if ref else f"{'n/a':>8}"
+            hf_ratio = f"{ratio['hf']:8.2f}" if ref else f"{'n/a':>8}"
+            print(f"{batch:>3} {depth:>7} {ms['ours']:8.3f} {ms['minimal']:8.3f} {hf_cell} "
+                  f"{ratio['minimal']:9.2f} {hf_ratio}", flush=True)
     depths = [int(d) for d in args.slope_depths.split(",")]
     print(f"\nlog-log slope of decode latency in depth, {depths[0]}..{depths[-1]} (flat = 0)")
     for name in ("linear", "local", "longformer", "performer", "mamba2"):

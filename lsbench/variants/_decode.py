@@ -47,7 +47,7 @@ class DecodeState:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def advanced(self) -> DecodeState:
-        return replace(self, pos=self.pos + 1)
+        return DecodeState(self.tensors, self.pos + 1)  # not dataclasses.replace: ~5 µs a step
 
 
 class CaptureQKV:

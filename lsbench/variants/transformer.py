@@ -54,8 +54,11 @@ class QKVAttention(Variant):
         self.out = nn.Linear(d_model, d_model)
 
     def project(self, x: torch.Tensor):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return tuple(split_heads(t, self.n_heads) for t in (q, k, v))  # 3 × (B, H, N, Dh)
+        # one view and one permute (the same strides as chunk + split_heads, in 2 ops instead
+        # of 7: a decode step at B=1 is ~0.3 ms, where each op's dispatch shows)
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # 3 × (B, H, N, Dh)
 
 
 class Transformer(KVCacheDecoder, QKVAttention):
