@@ -169,7 +169,11 @@ def test_smoke_end_to_end(smoke_run):
 def test_smoke_run_records_the_canary_and_steal(smoke_run):
     out, result = smoke_run
     readings = [json.loads(x) for x in (out / "canary.jsonl").read_text().splitlines()]
-    assert [r["label"] for r in readings][0] == "start" and readings[-1]["label"] == "end"
+    labels = [r["label"] for r in readings]
+    # three start readings; the last is the end reading, or the one confirming it (taken at once
+    # when the end reading was 10% off the run's median, which a real machine may be)
+    assert labels[:3] == ["start"] * 3
+    assert [x for x in labels if x != "confirm"][-1] == "end" and labels[-2:] != ["confirm"] * 2
     assert all(r["ms"] > 0 and r["spec"]["threads"] == 1 for r in readings)
     info = json.loads((out / "run.json").read_text())
     assert len(info["canary"]["series"]) == len(readings)
