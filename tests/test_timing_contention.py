@@ -269,3 +269,39 @@ def test_a_host_slow_on_every_attempt_is_not_retimed_with_one_thread(monkeypatch
     assert t.contended and t.retimed == timing.MAX_RETIMES and not t.one_thread_retime
     assert "1.50x its typical time (speed probe)" in t.contention.describe(t)
     assert not Contention(1.0, 2.0, 0, 2, speed_ratio=1.2).slow_machine  # within the wander
+
+
+def test_a_machine_that_stays_busy_stops_paying_for_retimes(monkeypatch):
+    monkeypatch.setattr(timing, "QUIET_WAIT_S", 0.0)
+    state = {"busy": True, "attempts": 0}
+
+    class Usage:
+        def __init__(self, threads):
+            self.threads = threads
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            others = 1.5 if state["busy"] else 0.0  # a busy loop on one of 2 cores, or none
+            self.result = Contention(1.0, 2.0, 10, self.threads, others_cpu_s=others, cores=2)
+
+    def fake_time_step(step, budget_s, threads, step_s=None):
+        state["attempts"] += 1
+        return summarise([0.2] * 6, 1)
+
+    monkeypatch.setattr(timing, "_Usage", Usage)
+    monkeypatch.setattr(timing, "time_step", fake_time_step)
+    counts = []
+    for _ in range(timing.PERSISTENT_ROWS + 2):
+        state["attempts"] = 0
+        t = timing.time_step_checked(lambda: None, 0.1, 2)
+        counts.append(state["attempts"])
+        assert t.contended and t.one_thread_retime
+    # retimes with 2 threads while the machine might be quiet again, then one attempt + the
+    # one-thread re-time per row
+    assert counts == [timing.MAX_RETIMES + 2] * timing.PERSISTENT_ROWS + [2, 2]
+    state["busy"] = False  # the first quiet row ends it
+    state["attempts"] = 0
+    assert not timing.time_step_checked(lambda: None, 0.1, 2).contended
+    assert timing.BUSY_STREAK[0] == 0 and state["attempts"] == 1

@@ -261,7 +261,8 @@ def _machine_summary(outcome) -> None:
     if drift:
         err_console.print(
             f"[yellow]warning:[/] {drift} row(s) were measured while the canary (a fixed "
-            "workload) ran at another speed than at the start (§; `drift` in results.jsonl): "
+            "workload) ran at another speed than its median over the run (§; `drift` in "
+            "results.jsonl): "
             "the machine changed speed, so compare them with care or rerun.", highlight=False)
 
 

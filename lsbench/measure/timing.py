@@ -313,6 +313,8 @@ def busy_cpu_s(path: str = "/proc/stat") -> float | None:
     return ticks * _TICK_S if ticks else None
 
 
+PERSISTENT_ROWS = 3  # fully contended rows in a row that make the machine "busy" (no retimes)
+BUSY_STREAK = [0]  # this process's current run of fully contended rows
 MAX_RETIMES = 2  # a contended row is timed again at most this often ...
 QUIET_WAIT_S = 1.0  # ... after waiting as long as the attempt took, at most this long, for
 # the other process to move on (a short row on a machine that stays busy must not spend
@@ -322,9 +324,16 @@ QUIET_WAIT_S = 1.0  # ... after waiting as long as the attempt took, at most thi
 def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
                       step_s: float | None = None) -> TimingResult:
     """`time_step` watched for contention (CPU runs): a contended result is timed again, up to
-    MAX_RETIMES times, and the least contended one is kept; it still says if it was contended."""
+    MAX_RETIMES times, and the least contended one is kept; it still says if it was contended.
+
+    A machine that stays busy: after PERSISTENT_ROWS rows in a row whose every attempt was
+    contended, a contended row is not re-timed with `threads` threads (the pauses and retries
+    bought nothing: a default run next to a busy loop took 950 s, every one of its 261 rows
+    contended after all its attempts), only once with one thread where that helps; the first
+    row timed uncontended ends that."""
+    retimes = 0 if BUSY_STREAK[0] >= PERSISTENT_ROWS else MAX_RETIMES
     best = None
-    for attempt in range(MAX_RETIMES + 1):
+    for attempt in range(retimes + 1):
         if attempt:
             time.sleep(min(QUIET_WAIT_S, best.contention.wall_s))
         with _Usage(threads) as usage:
@@ -333,18 +342,21 @@ def time_step_checked(step: Callable[[], Any], budget_s: float, threads: int,
         if best is None or _rank(t.contention) < _rank(best.contention):
             best = t
         if not t.contended:
+            BUSY_STREAK[0] = 0
             return t
-    best.retimed = MAX_RETIMES
+    BUSY_STREAK[0] += 1
+    best.retimed = retimes
     if threads > 1 and replace(best.contention, speed_ratio=None).flagged(best):
         # every attempt crowded: barrier waits for a descheduled peer dominate
-        time.sleep(min(QUIET_WAIT_S, best.contention.wall_s))
+        if retimes:
+            time.sleep(min(QUIET_WAIT_S, best.contention.wall_s))
         with _Usage(1) as usage:
             single = time_step(step, budget_s, 1, step_s)
-        single.contention, single.retimed = usage.result, MAX_RETIMES + 1
+        single.contention, single.retimed = usage.result, retimes + 1
         single.one_thread_retime = best.one_thread_retime = True
         if single.median_s < best.median_s:
             return single
-        best.retimed = MAX_RETIMES + 1
+        best.retimed = retimes + 1
     return best
 
 
