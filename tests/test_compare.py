@@ -238,3 +238,21 @@ def test_normalize_rejects_other_values(runs):
     a, b = runs
     res = runner.invoke(app, ["compare", str(a), str(b), "--normalize", "median"])
     assert res.exit_code == 1 and "canary or none" in res.output
+
+
+def test_rows_timed_under_other_conditions_are_named_before_the_table(tmp_path):
+    # run B was contended throughout: its rows were re-timed with one thread (run A: two)
+    a_rows, b_rows = _rows(), _rows()
+    for r in a_rows:
+        r.update(threads=2, contended=False)
+    for r in b_rows:
+        r.update(threads=1, contended=r["status"] == "ok")
+    a = write_latency_run(tmp_path / "a", a_rows)
+    b = write_latency_run(tmp_path / "b", b_rows)
+    msgs = compare_runs(a, b).machine.messages
+    n = sum(r["status"] == "ok" for r in a_rows)
+    assert any(f"{n} of the {n} rows measured in both runs were timed with other thread counts"
+               in m for m in msgs)
+    assert any(f"{n} of those rows were timed while another process" in m for m in msgs)
+    quiet = compare_runs(a, a).machine.messages
+    assert not any("thread counts" in m or "another process" in m for m in quiet)

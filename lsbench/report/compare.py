@@ -130,11 +130,34 @@ def compare_runs(path_a: str | Path, path_b: str | Path, force: bool = False,
     records = [_compare_row(cid, ra.loc[cid], rb.loc[cid]) for cid in shared]
     table = pd.DataFrame(records, columns=COLUMNS)
     machine = _machine_check(a, b, table, normalize)
+    machine.messages.extend(_condition_messages(a, b, ra.loc[shared], rb.loc[shared]))
     if machine.normalized:
         _normalize(table, machine.factor, machine.factor_noise, ra, rb)
     table = _sort(table, machine.normalized)
     return Comparison(a, b, table, len(ra.index.difference(rb.index)),
                       len(rb.index.difference(ra.index)), note, machine)
+
+
+def _condition_messages(a: Run, b: Run, ra: pd.DataFrame, rb: pd.DataFrame) -> list[str]:
+    """Rows whose two timings ran under other conditions: contended in either run, or timed
+    with other thread counts (a contended row re-timed with one thread). Their ratios compare
+    conditions, not code; the canary cannot correct that (it runs with the run's threads)."""
+    ok = (ra["status"] == "ok") & (rb["status"] == "ok")
+    msgs = []
+    if "threads" in ra and "threads" in rb:
+        other = ok & (pd.to_numeric(ra["threads"], errors="coerce")
+                      != pd.to_numeric(rb["threads"], errors="coerce"))
+        if other.any():
+            msgs.append(f"{int(other.sum())} of the {int(ok.sum())} rows measured in both runs "
+                        "were timed with other thread counts in A and B (a contended row is "
+                        "re-timed with one thread): their ratios compare setups, not code")
+    for run, rows in ((a, ra), (b, rb)):
+        if "contended" in rows:
+            n = int((ok & rows["contended"].map(_flag)).sum())
+            if n:
+                msgs.append(f"{run.given}: {n} of those rows were timed while another process "
+                            "took the CPU (contended): rerun them on a quiet machine")
+    return msgs
 
 
 def _device_check(a: Run, b: Run, force: bool) -> str:
