@@ -179,22 +179,23 @@ class RecallPreset:
         return asdict(self)
 
 
-# Sizing: `tiny` runs in seconds for tests. `cpu` is sized, not yet measured for the shape of
-# the result: L = 64 keeps 16L at 1,024 tokens, so scoring 128 sequences at all six lengths is
-# ~270k tokens per (method, seed). Steps: `lsbench quality`'s cpu preset (MQAR N 64, 8 pairs,
-# batch 32, lr 3e-3, d_model 64) saw softmax attention learn the task between steps 500 and
-# 600; here queries are placed uniformly (harder than Zoology's power law) and the model is the
-# extrapolate cpu one (d_model 128), so 1,000 steps. Measured on this project's 2-core machine
-# (1 thread, shared): 0.14 s per step of 32 × 64, and rotary after a 400-step schedule at lr
-# 2e-3 had not yet learned the task (accuracy 0.12 at L; chance 1/32). So ~2-3 min per
-# (method, seed), ~40 min for 5 methods × 3 seeds; lower --seeds or --positions to shorten it.
+# Sizing: `tiny` runs in seconds for tests. `cpu`: L = 64 keeps 16L at 1,024 tokens, so scoring
+# 128 sequences at all six lengths is ~270k tokens per (method, seed). Measured on the 2-core
+# EPYC VM (2 threads, quiet), rotary, one seed, accuracy at L / 2L / 8L:
+#   1000 steps, lr 3e-3: 0.12 / 0.10 / 0.05 (3 seeds; alibi 0.12 / 0.12 / 0.08): not learned
+#   1500 steps, lr 1e-3: 0.88 / 0.70 / 0.31 (99 s)
+#   2000 steps, lr 1e-3: 1.00 / 0.92 / 0.41 (110 s, train loss 2e-5)
+#   3000 steps, lr 1e-3: 1.00 / 0.97 / 0.48 (201 s)
+# So 2000 steps at lr 1e-3, the fewest measured that solve the task at L: ~2 min per (method,
+# seed), ~35 min for the 5 default methods x 3 seeds (over the 20 min the LM task's cpu preset
+# keeps); `--positions` or `--seeds` shorten it.
 RECALL_PRESETS = {
     r.name: r
     for r in (
         RecallPreset(name="tiny", train_len=32, vocab=32, kv_pairs=4, steps=20, batch_size=8,
                      lr=3e-3, eval_examples=16),
-        RecallPreset(name="cpu", train_len=64, vocab=64, kv_pairs=8, steps=1000,
-                     batch_size=32, lr=3e-3, eval_examples=128),
+        RecallPreset(name="cpu", train_len=64, vocab=64, kv_pairs=8, steps=2000,
+                     batch_size=32, lr=1e-3, eval_examples=128),
         RecallPreset(name="gpu", train_len=256, vocab=256, kv_pairs=32, steps=8000,
                      batch_size=64, lr=6e-4, eval_examples=1024),
     )
