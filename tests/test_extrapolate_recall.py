@@ -129,3 +129,19 @@ def test_report_draws_recall_beside_perplexity(tiny_run):
     assert "language modelling (nonoverlapping)" in html  # the perplexity panel beside it
     assert "MQAR query accuracy vs evaluation length" in html
     assert "Retrieval beside perplexity" in html and "1.10×" in html
+
+
+@pytest.mark.parametrize(("task", "target", "kept"), [
+    ("recall", "lsbench.extrapolate.recall.run_recall", "Scored rows are in recall.csv"),
+    ("lm", "lsbench.extrapolate.run_extrapolate", "Checkpoints are saved"),
+])
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch, task, target, kept):
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    out = tmp_path / "x"
+    res = CliRunner().invoke(app, ["extrapolate", "--task", task, "--out", str(out)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 130, res.output
+    assert f"interrupted. {kept}; resume with:" in text and str(out) in text

@@ -80,36 +80,34 @@ def extrapolate_cmd(
     _check_task_options(parse_task(task), given, LM_ONLY)
     view = _ExtrapolateView()
     if task == "recall":
-        try:
-            recall = run_recall(
-                train_len=train_len, positions=positions_, out=out, preset=preset,
-                eval_lens=eval_lens, device=device, seed=seed, seeds=seeds, threads=threads,
-                command=command, events=view)
-        except KeyboardInterrupt:
-            view.progress.stop()
-            resume = command if out else f"{command} --out {view.out}"
-            err_console.print(f"[yellow]interrupted.[/] Scored rows are in recall.csv; resume "
-                              f"with: [bold]{resume}[/]", highlight=False)
-            raise typer.Exit(130) from None
-        finally:
-            view.progress.stop()
+        scored = "Scored rows are in recall.csv"
+        recall = _interruptible(view, command, out, scored, lambda: run_recall(
+            train_len=train_len, positions=positions_, out=out, preset=preset,
+            eval_lens=eval_lens, device=device, seed=seed, seeds=seeds, threads=threads,
+            command=command, events=view))
         _print_recall(recall)
         return
+    result = _interruptible(view, command, out, "Checkpoints are saved", lambda: run_extrapolate(
+        train_len=512 if train_len is None else train_len, positions=positions_,
+        corpus=corpus, out=out, preset=preset, eval_lens=eval_lens, stride=stride,
+        eval_only=eval_only, device=device, seed=seed, threads=threads,
+        train_tokens=train_tokens, rope_scaling=rope_scaling, command=command, events=view))
+    _print_extrapolation(result)
+
+
+def _interruptible(view, command: str, out, saved: str, work):
+    """`work()` with the progress display; Ctrl-C stops it and says what is kept (`saved`)
+    and the command that resumes, exit code 130."""
     try:
-        result = run_extrapolate(
-            train_len=512 if train_len is None else train_len, positions=positions_,
-            corpus=corpus, out=out, preset=preset, eval_lens=eval_lens, stride=stride,
-            eval_only=eval_only, device=device, seed=seed, threads=threads,
-            train_tokens=train_tokens, rope_scaling=rope_scaling, command=command, events=view)
+        return work()
     except KeyboardInterrupt:
         view.progress.stop()
         resume = command if out else f"{command} --out {view.out}"
-        err_console.print(f"[yellow]interrupted.[/] Checkpoints are saved; resume with: "
-                          f"[bold]{resume}[/]", highlight=False)
+        err_console.print(f"[yellow]interrupted.[/] {saved}; resume with: [bold]{resume}[/]",
+                          highlight=False)
         raise typer.Exit(130) from None
     finally:
         view.progress.stop()
-    _print_extrapolation(result)
 
 
 def _check_task_options(task: str, given: dict, lm_only: tuple[str, ...]) -> None:
