@@ -128,7 +128,7 @@ def test_contended_rows_are_marked_and_warned_in_the_terminal(tmp_path, monkeypa
                                    "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # rich wraps the warning
-    assert "2 row(s) were timed while another process took the CPU" in text  # B=1 and B=8
+    assert "2 row(s) were timed while another process (or a slow host) took the CPU" in text
     # the latency cell carries the mark, whatever this CPU's speed makes of the number
     assert re.search(r"│ ![^│ ]*[0-9]", text), text  # other marks (~ noisy, § drift) may follow
 

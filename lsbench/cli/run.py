@@ -229,9 +229,10 @@ def _run_sweep(plan):
                   + (f"; {noisy} noisy (~, IQR/median > 10%)" if noisy else ""), highlight=False)
     if contended:
         err_console.print(
-            f"[yellow]warning:[/] {contended} row(s) were timed while another process took the "
-            "CPU (!, re-timed up to twice; `contention` in results.jsonl says what the OS saw); "
-            "their latency is likely too high: rerun on a quiet machine.", highlight=False)
+            f"[yellow]warning:[/] {contended} row(s) were timed while another process (or a "
+            "slow host) took the CPU (!, re-timed; `contention` in results.jsonl says what was "
+            "seen, `threads` whether one thread was kept); their latency is likely too high: "
+            "rerun on a quiet machine.", highlight=False)
     _machine_summary(outcome)
     for name in ("run.json", "results.jsonl", "results.csv"):
         console.print(f"wrote {outcome.run_dir / name}", highlight=False)
