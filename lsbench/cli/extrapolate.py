@@ -123,16 +123,21 @@ def _check_task_options(task: str, given: dict, lm_only: tuple[str, ...]) -> Non
                            "use --seed); add --task recall or drop --seeds.")
 
 
-def _print_recall(result) -> None:
-    from lsbench.extrapolate.recall import summary_tables
-
-    for t in summary_tables(result):
+def _print_tables(tables) -> None:
+    """TextTables (lsbench.extrapolate.summary) as rich tables: the first column left."""
+    for t in tables:
         table = Table(title=t.title, caption=t.caption or None)
         for i, col in enumerate(t.columns):
             table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in t.rows:
             table.add_row(*row)
         console.print(table)
+
+
+def _print_recall(result) -> None:
+    from lsbench.extrapolate.recall import summary_tables
+
+    _print_tables(summary_tables(result))
     console.print(f"wall time {result.meta['wall_time_s']:.0f} s", highlight=False)
     for name in ("recall.json", "recall.csv", "recall_summary.csv"):
         console.print(f"wrote {result.out / name}", highlight=False)
@@ -274,13 +279,7 @@ def _print_extrapolation(result) -> None:
     from lsbench.extrapolate.summary import summarize
 
     summary = summarize(result.rows, result.training, result.run)
-    for t in summary.tables:
-        table = Table(title=t.title, caption=t.caption or None)
-        for i, col in enumerate(t.columns):
-            table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
-        for row in t.rows:
-            table.add_row(*row)
-        console.print(table)
+    _print_tables(summary.tables)
     for w in summary.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     for n in summary.notes:
